@@ -10,6 +10,6 @@ out=bench/results
 ./bin/dev.js profile-memory --measure --layers 12 --d-model 64 --expansion 4 --seq-len 16 --batch 64 --json --chart $out/memory-measured-b.svg > $out/memory-measured-b.json
 for p in paper-3b paper-9b paper-27b; do
   for unit in blocks sublayers; do
-    ./bin/dev.js profile-memory --preset $p --layer-unit $unit --json --chart none > $out/memory-$p-$unit.json
+    ./bin/dev.js profile-memory --preset $p --layer-unit $unit --json > $out/memory-$p-$unit.json
   done
 done

@@ -1,8 +1,7 @@
 // mhc analyze-gain on the committed fixtures (fixtures/regenerate.sh): what the paper shows, gates, bad input.
 import {describe, it, before, after} from 'node:test'
 import assert from 'node:assert/strict'
-import {spawn} from 'node:child_process'
-import {cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -11,6 +10,7 @@ import {loadCheckpoint} from '../src/model/checkpoint.js'
 import {loadCorpus} from '../src/model/data.js'
 import {analyzeGains} from '../src/profile/gain.js'
 import {collectMaps} from '../src/profile/maps.js'
+import {CliResult, runCli} from './helpers.js'
 
 const repo = fileURLToPath(new URL('..', import.meta.url))
 const FIX = {hc: join(repo, 'fixtures', 'hc'), mhc: join(repo, 'fixtures', 'mhc'), baseline: join(repo, 'fixtures', 'baseline')}
@@ -20,17 +20,8 @@ before(() => {
 })
 after(() => rmSync(tmp, {recursive: true, force: true}))
 
-interface Run { status: number | null; stdout: string; stderr: string }
-function cli(args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', 'bin/dev.js', 'analyze-gain', ...args], {cwd: repo, env: {...process.env, MHC_NO_TFJS_NODE: '1'}})
-    let stdout = ''
-    let stderr = ''
-    p.stdout.on('data', (d) => (stdout += d))
-    p.stderr.on('data', (d) => (stderr += d))
-    p.on('close', (status) => resolve({status, stdout, stderr}))
-  })
-}
+type Run = CliResult
+const cli = (args: string[], cwd?: string) => runCli(['analyze-gain', ...args], {cwd})
 const show = (r: Run) => `exit ${r.status}\n${r.stdout.slice(0, 1500)}\n${r.stderr.slice(0, 1500)}`
 const errorLine = (r: Run) => r.stderr.split('\n').filter((l) => l.startsWith('Error:'))
 
@@ -80,21 +71,41 @@ describe('analyze-gain on HC, mHC and baseline fixtures (same config and seed)',
     assert.match(svg, /composite/)
   })
 
-  it('gates: --max-composite-gain 2 fails HC with exit 1 naming the layer, passes mHC', async () => {
-    const fail = await cli([FIX.hc, '--tokens', '256', '--chart', 'none', '--max-composite-gain', '2'])
+  it('gates: --max-composite-gain 2 fails HC with exit 1 naming the layer, passes mHC; each gate bounds both directions', async () => {
+    const fail = await cli([FIX.hc, '--tokens', '256', '--max-composite-gain', '2'])
     assert.equal(fail.status, 1, show(fail))
     const lines = fail.stderr.split('\n').filter((l) => l.startsWith('FAIL'))
     assert.equal(lines.length, 1)
-    assert.match(lines[0], /^FAIL: composite forward Amax gain \(mean over tokens\) [\d.e+]+ at layer 0 \(attn\) of .*fixtures\/hc\/ckpt-000150 > --max-composite-gain 2$/)
-    const pass = await cli([FIX.mhc, '--tokens', '256', '--chart', 'none', '--max-composite-gain', '2', '--max-gain', '1.001'])
+    assert.match(lines[0], /^FAIL: composite Amax gain \(worst of forward and backward, mean over tokens\) [\d.e+]+ \((forward|backward)\) at layer 0 \(attn\) of .*fixtures\/hc\/ckpt-000150 > --max-composite-gain 2$/)
+    const pass = await cli([FIX.mhc, '--tokens', '256', '--max-composite-gain', '2', '--max-gain', '1.1'])
     assert.equal(pass.status, 0, show(pass))
-    const json = await cli([FIX.hc, FIX.mhc, '--tokens', '256', '--chart', 'none', '--max-backward-gain', '1.5', '--json'])
+    const json = await cli([FIX.hc, FIX.mhc, '--tokens', '256', '--max-gain', '1.5', '--json'])
     assert.equal(json.status, 1, show(json))
     const out = JSON.parse(json.stdout)
     assert.equal(out.pass, false)
     assert.equal(out.gates[0].run.includes('fixtures/hc'), true)
-    const worst = await cli([FIX.mhc, '--tokens', '256', '--chart', 'none', '--max-composite-backward-gain', '1.0001', '--gate-on', 'max'])
-    assert.equal(worst.status, 1, 'the worst token of mHC deviates slightly in the backward direction')
+    assert.equal(typeof out.gates[0].worst, 'number')
+    assert.ok(['forward', 'backward'].includes(out.gates[0].direction))
+    // mHC rows are normalised last (forward gain 1 to float precision); the worst token's columns deviate slightly,
+    // so a bound just above 1 fails on the backward direction: the gate looks at both.
+    const worst = await cli([FIX.mhc, '--tokens', '256', '--max-gain', '1.0001', '--gate-on', 'max', '--json'])
+    assert.equal(worst.status, 1, show(worst))
+    assert.equal(JSON.parse(worst.stdout).gates[0].direction, 'backward')
+  })
+
+  it('no file is written unless asked: no chart without --chart; --chart refuses an extension it does not write', async () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'mhc-cwd-'))
+    try {
+      const r = await cli([FIX.mhc, '--tokens', '64'], cwd)
+      assert.equal(r.status, 0, show(r))
+      assert.deepEqual(readdirSync(cwd), [], 'nothing written to the working directory')
+      const png = await cli([FIX.mhc, '--tokens', '64', '--chart', join(cwd, 'g.png')], cwd)
+      assert.equal(png.status, 2, show(png))
+      assert.match(errorLine(png)[0], /--chart .*g\.png: writes \.svg only/)
+      assert.deepEqual(readdirSync(cwd), [])
+    } finally {
+      rmSync(cwd, {recursive: true, force: true})
+    }
   })
 
   it('bad input exits 2 with one Error: line', async () => {
@@ -114,12 +125,13 @@ describe('analyze-gain on HC, mHC and baseline fixtures (same config and seed)',
       [[join(tmp, 'nope')], /no such checkpoint or run directory/],
       [[corrupt], /model\.safetensors is corrupt \(checksum mismatch\)/],
       [[mismatched], /has shape \[.*\], the config implies/],
-      [[FIX.mhc, '--layers', '99'], /--layers 99: .* has layers 0\.\.7/],
+      [[FIX.mhc, '--heatmap-layers', '99'], /--heatmap-layers 99: .* has layers 0\.\.7/],
+      [[FIX.mhc, '--max-backward-gain', '1'], /Nonexistent flag: --max-backward-gain/],
       [[FIX.mhc, '--tokens', '0'], /--tokens/],
       [[FIX.mhc, '--max-gain', '-1'], /Expected a positive number/],
     ]
     for (const [args, pattern] of cases) {
-      const r = await cli([...args, '--chart', 'none'])
+      const r = await cli(args)
       assert.equal(r.status, 2, show(r))
       assert.equal(errorLine(r).length, 1, show(r))
       assert.match(errorLine(r)[0], pattern)

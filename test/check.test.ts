@@ -2,12 +2,12 @@
 // an HC run trained without gradient clipping fails the stability gate and the mHC run passes.
 import {describe, it, before, after} from 'node:test'
 import assert from 'node:assert/strict'
-import {spawn} from 'node:child_process'
-import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
+import {cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {XMLParser, XMLValidator} from 'fast-xml-parser'
+import {CliResult, runCli} from './helpers.js'
 
 const repo = fileURLToPath(new URL('..', import.meta.url))
 let tmp = ''
@@ -16,16 +16,8 @@ before(() => {
 })
 after(() => rmSync(tmp, {recursive: true, force: true}))
 
-interface Run { status: number | null; stdout: string; stderr: string }
-function check(args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', 'bin/dev.js', 'check', ...args], {cwd: repo, env: {...process.env, MHC_NO_TFJS_NODE: '1'}})
-    let [stdout, stderr] = ['', '']
-    p.stdout.on('data', (d) => (stdout += d))
-    p.stderr.on('data', (d) => (stderr += d))
-    p.on('close', (status) => resolve({status, stdout, stderr}))
-  })
-}
+type Run = CliResult
+const check = (args: string[]) => runCli(['check', ...args])
 const show = (r: Run) => `exit ${r.status}\n${r.stdout.slice(-2500)}\n${r.stderr.slice(-1500)}`
 // 4 blocks (8 layers), 150 steps at lr 0.01, no clipping: seconds on a CPU, enough for HC's H_res products to blow up.
 const PAIR = ['--train', '--preset', 'tiny', '--layers', '4', '--steps', '150', '--lr', '0.01', '--grad-clip', '0', '--seed', '7', '--json']
@@ -39,8 +31,13 @@ describe('smoke: HC fails the gate, mHC passes (same config and seed, no clippin
     assert.equal(out.pass, false)
     const composite = out.rules.find((x: any) => x.rule === 'composite-gain')
     assert.equal(composite.pass, false)
-    assert.ok(Number(composite.value) > 10, `HC composite gain ${composite.value}`)
+    assert.equal(typeof composite.value, 'number')
+    assert.ok(composite.value > 10, `HC composite gain ${composite.value}`)
+    assert.equal(composite.threshold, 2)
+    assert.equal(composite.unit, 'Amax gain')
+    assert.ok(Number.isInteger(composite.layer) && composite.layer >= 0 && composite.layer < 8, `layer ${composite.layer}`)
     assert.match(composite.detail, /at layer \d+ \((attn|mlp)\)/)
+    assert.equal(out.kept, true, '--out keeps the run')
     for (const f of ['finite-loss', 'finite-gradients', 'finite-weights']) assert.equal(out.rules.find((x: any) => x.rule === f).pass, true, f)
     const xml = readFileSync(junit, 'utf8')
     assert.equal(XMLValidator.validate(xml), true)
@@ -55,9 +52,28 @@ describe('smoke: HC fails the gate, mHC passes (same config and seed, no clippin
     const out = JSON.parse(r.stdout)
     assert.equal(out.pass, true)
     assert.deepEqual(out.rules.map((x: any) => x.rule), ['finite-loss', 'finite-gradients', 'finite-weights', 'loss-spike', 'grad-norm-explosion', 'single-gain', 'composite-gain', 'doubly-stochastic'])
-    assert.ok(Number(out.rules.find((x: any) => x.rule === 'composite-gain').value) <= 2)
+    assert.ok(out.rules.find((x: any) => x.rule === 'composite-gain').value <= 2)
+  })
+
+  it('--train without --out trains in a temporary directory and removes it afterwards', async () => {
+    const r = await check(['--train', '--preset', 'tiny', '--steps', '3', '--json'])
+    assert.equal(r.status, 0, show(r))
+    const out = JSON.parse(r.stdout)
+    assert.equal(out.kept, false)
+    assert.equal(existsSync(out.run), false, `${out.run} was left behind`)
   })
 })
+
+/** A copy of the mHC fixture whose metrics.jsonl has a corrupt third line. */
+function corruptRun(): string {
+  const dir = join(tmp, 'corrupt-metrics')
+  cpSync(join(repo, 'fixtures', 'mhc'), dir, {recursive: true})
+  const f = join(dir, 'metrics.jsonl')
+  const lines = readFileSync(f, 'utf8').split('\n')
+  lines[2] = lines[2].slice(0, 20) + '#' + lines[2].slice(21)
+  writeFileSync(f, lines.join('\n'))
+  return dir
+}
 
 describe('check on run directories and bad input', {concurrency: 2}, () => {
   it('the committed fixtures: hc fails, mhc passes; --skip removes rules; thresholds are honoured', async () => {
@@ -79,6 +95,7 @@ describe('check on run directories and bad input', {concurrency: 2}, () => {
       [['--train', '--arch', 'foo'], /Expected --arch=foo to be one of/],
       [[join(repo, 'fixtures', 'mhc'), '--skip', 'bogus'], /Expected --skip=bogus to be one of/],
       [[join(repo, 'fixtures', 'mhc'), '--spike-k', '0'], /Expected a positive number/],
+      [[corruptRun(), '--tokens', '64'], /metrics\.jsonl:3: not a JSON record/],
     ] as [string[], RegExp][]) {
       const r = await check(args)
       assert.equal(r.status, 2, show(r))

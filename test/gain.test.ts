@@ -89,21 +89,23 @@ test('analyzeGains: per-token gains, token mean and worst token, token-averaged 
   assert.throws(() => analyzeGains([new Float32Array(5)], 2), /not a whole number/)
 })
 
-test('gates: pass at the bound, fail above it, naming the worst layer and run', () => {
-  const a = analyzeGains([Float32Array.from([1, 0, 0, 1]), Float32Array.from([1.5, 0, 0, 1])], 2)
+test('gates: both directions, pass at the bound, fail above it, naming the worst layer, direction and run', () => {
+  // Layer 1 = [[1.5, 0], [0.25, 1]]: row sums 1.5, 1.25 (forward 1.5); column sums 1.75, 1 (backward 1.75).
+  const a = analyzeGains([Float32Array.from([1, 0, 0, 1]), Float32Array.from([1.5, 0, 0.25, 1])], 2)
   const runs = [{name: 'runA', layers: identityLayers(2)}, {name: 'runB', layers: a.layers}]
   const [g1, g2, g3] = checkGates(runs, [
-    {quantity: 'single.forward', threshold: 1.5, flag: '--max-gain'},
-    {quantity: 'single.forward', threshold: 1.49, flag: '--max-gain'},
-    {quantity: 'composite.backward', threshold: 1.2, flag: '--max-composite-backward-gain'},
+    {quantity: 'single', threshold: 1.75, flag: '--max-gain'},
+    {quantity: 'single', threshold: 1.74, flag: '--max-gain'},
+    {quantity: 'composite', threshold: 1.2, flag: '--max-composite-gain'},
   ], 'mean')
-  assert.equal(g1.pass, true)
+  assert.equal(g1.pass, true, 'at the bound passes')
   assert.equal(g2.pass, false)
-  assert.equal(g2.worst, 1.5)
+  assert.equal(g2.worst, 1.75)
+  assert.equal(g2.direction, 'backward', 'the column sum is the larger one')
   assert.equal(g2.layer, 1)
   assert.equal(g2.run, 'runB')
   assert.equal(g3.pass, false)
-  assert.equal(g3.layer, 0) // composite of layer 0 = diag(1.5, 1)·I
+  assert.equal(g3.layer, 0) // composite of layer 0 = H_1·I
   const nan = analyzeGains([Float32Array.from([NaN, 0, 0, 1])], 2)
-  assert.equal(checkGates([{name: 'x', layers: nan.layers}], [{quantity: 'single.forward', threshold: 10, flag: '--max-gain'}], 'max')[0].pass, false, 'NaN never passes a gate')
+  assert.equal(checkGates([{name: 'x', layers: nan.layers}], [{quantity: 'single', threshold: 10, flag: '--max-gain'}], 'max')[0].pass, false, 'NaN never passes a gate')
 })

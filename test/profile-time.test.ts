@@ -233,7 +233,7 @@ describe('mhc profile-time (CLI)', {concurrency: true}, () => {
       assert.ok(Math.abs(j.headline.overhead - 0.067) <= 0.02, `headline ${j.headline.overhead}`)
       assert.deepEqual(j.scenarios.map((s: any) => s.id), ['hc', 'mhc-unfused', 'mhc-fused', 'mhc-fused-recompute', 'mhc-paper'])
       assert.equal(j.headline.hcUnfused, j.scenarios[0].overhead)
-      for (const flag of ['--mfu', '--bandwidth-efficiency', '--launch-us', '--act-bytes', '--overlap-p2p', '--micro-batches', '--recompute-block', '--hide-fraction']) {
+      for (const flag of ['--mfu', '--bandwidth-efficiency', '--launch-us', '--activation-bytes', '--overlap-p2p', '--micro-batches', '--recompute-block', '--hide-fraction']) {
         assert.ok(j.assumptions.some((a: any) => a.flag.includes(flag)), `assumption for ${flag}`)
       }
       assert.equal(j.timeline.split('\n').length, 6)
@@ -244,7 +244,7 @@ describe('mhc profile-time (CLI)', {concurrency: true}, () => {
   })
 
   it('text report names the paper figure and the unfused HC figure', async () => {
-    const r = await cli(['--preset', 'paper-3b', '--chart', 'none', '--schedule', '1f1b', '--stages', '3', '--micro-batches', '6'])
+    const r = await cli(['--preset', 'paper-3b', '--schedule', '1f1b', '--pipeline-stages', '3', '--micro-batches', '6'])
     assert.equal(r.status, 0, r.stderr)
     assert.match(r.stdout, /the paper's design: \+\d+\.\d% \(paper: \+6\.7% at n = 4/)
     assert.match(r.stdout, /HC unfused: \+\d+\.\d%/)
@@ -253,7 +253,9 @@ describe('mhc profile-time (CLI)', {concurrency: true}, () => {
 
   for (const [args, pattern] of [
     [['--mfu', '2'], /--mfu/],
-    [['--stages', '5'], /DualPipe needs an even number of pipeline ranks/],
+    [['--pipeline-stages', '5'], /DualPipe needs an even number of pipeline ranks/],
+    [['--act-bytes', '2'], /Nonexistent flag: --act-bytes/],
+    [['--chart', 'time.png'], /--chart time\.png: writes \.svg only/],
     [['--hardware', 'tpu'], /--hardware/],
   ] as const) {
     it(`bad input (${args.join(' ')}) exits 2 with one Error: line`, async () => {

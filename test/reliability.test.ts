@@ -470,7 +470,7 @@ describe('new flags and output paths are checked before any work', {concurrency:
     ['--out under a regular file', ['train', '--preset', 'tiny', '--out', 'package.json/run'], /^Error: --out package\.json\/run: .*package\.json is not a directory$/],
     ['analyze-gain --csv into a missing directory', ['analyze-gain', 'fixtures/mhc', '--csv', 'no/such/dir/gains.csv'], /^Error: --csv no\/such\/dir\/gains\.csv: directory no\/such\/dir does not exist$/],
     ['analyze-gain --chart that is a directory', ['analyze-gain', 'fixtures/mhc', '--chart', 'test'], /^Error: --chart test is a directory$/],
-    ['analyze-gain --layers with an empty entry', ['analyze-gain', 'fixtures/mhc', '--layers', '0,,1'], /^Error: --layers expects comma-separated layer indices/],
+    ['analyze-gain --heatmap-layers with an empty entry', ['analyze-gain', 'fixtures/mhc', '--heatmap-layers', '0,,1'], /^Error: --heatmap-layers expects comma-separated layer indices/],
   ]
   for (const [name, args, pattern] of cases) {
     it(name, async () => {

@@ -1,14 +1,21 @@
 // Shared command behaviour: one-line errors with meaningful exit codes, also under --json.
 import {Command, Errors, Flags} from '@oclif/core'
-import {accessSync, constants, existsSync, statSync} from 'node:fs'
-import {dirname, resolve} from 'node:path'
+import {accessSync, constants, existsSync, realpathSync, statSync, statfsSync} from 'node:fs'
+import {dirname, extname, resolve} from 'node:path'
+import type {BackendReport} from '../model/backend-names.js'
+import {BackendName, describeBackend, memoryBudget, resolveBackendChoice} from '../model/backend-names.js'
 import {InputError} from '../model/errors.js'
 import {NonFiniteError} from '../model/train.js'
+import {TrainingEstimate, TrainingShape, trainingMemoryEstimate} from '../profile/memory.js'
 
 /** A flag or flag combination the user can fix: exit 2. */
 export class UsageError extends InputError {}
 
-export const EXIT = {ok: 0, failed: 1, badInput: 2, diverged: 3} as const
+/**
+ * Exit codes, the same in every command (README, "Exit codes"): 1 is a gate that failed and nothing else; an
+ * unexpected failure is 70 (EX_SOFTWARE in sysexits.h), so a CI job never mistakes a crash for a verdict.
+ */
+export const EXIT = {ok: 0, gateFailed: 1, badInput: 2, diverged: 3, internal: 70, sigint: 130, sigterm: 143} as const
 
 export abstract class BaseCommand extends Command {
   static override enableJsonFlag = true
@@ -32,11 +39,28 @@ export abstract class BaseCommand extends Command {
   private classify(err: any): {message: string; exit: number} {
     const debug = this.verbose || process.argv.includes('--verbose') || /\bmhc\b|\*/.test(process.env.DEBUG ?? '')
     if (debug && err?.stack) process.stderr.write(err.stack + '\n')
-    const message = oneLine(err)
-    if (err?.oclif?.exit !== undefined) return {message, exit: err.oclif.exit}
-    const userError = err instanceof InputError
-    return {message, exit: userError ? EXIT.badInput : err instanceof NonFiniteError ? EXIT.diverged : EXIT.failed}
+    return {message: oneLine(err), exit: exitCodeFor(err)}
   }
+
+  /**
+   * Loads TensorFlow.js and picks the backend: --backend, else $MHC_BACKEND, else the config file, else auto. Says
+   * which in one line on stderr (suppressed under --json, where the result carries it).
+   */
+  protected async chooseBackend(flag: string | undefined): Promise<BackendReport> {
+    const choice = resolveBackendChoice(flag, this.config.configDir)
+    const {selectBackend} = await import('../model/backend.js')
+    const report = await selectBackend(choice)
+    this.logToStderr(describeBackend(report))
+    return report
+  }
+}
+
+/** The exit code of an error (EXIT): flags and input 2, divergence 3, anything unexpected 70. */
+export function exitCodeFor(err: any): number {
+  if (err?.oclif?.exit !== undefined) return err.oclif.exit // oclif's own parse errors: 2
+  if (err instanceof InputError) return EXIT.badInput
+  if (err instanceof NonFiniteError) return EXIT.diverged
+  return EXIT.internal
 }
 
 /** Error text as one line: oclif's flag errors span several lines and end with a help hint. */
@@ -45,10 +69,20 @@ export function oneLine(err: any): string {
   return lines.map((l, i) => (i === 0 && lines.length > 1 && /^Parsing --\S+$/.test(l) ? l + ':' : l)).join(' ')
 }
 
+// Kernel pseudo-filesystems: writing a run there fails in strange ways (a recursive mkdir under /proc spins forever).
+const PSEUDO_FS: Record<number, string> = {0x9fa0: 'proc', 0x62656572: 'sysfs', 0x27e0eb: 'cgroup', 0x63677270: 'cgroup2', 0x64626720: 'debugfs',
+  0x74726163: 'tracefs', 0x73636673: 'securityfs', 0x6165676c: 'pstore', 0xcafe4a11: 'bpf', 0x1cd1: 'devpts'}
+
 /** Fails (exit 2) unless `dir` is a directory we can write, or could be created inside one: checked before any work. */
 export function assertWritableDir(dir: string, flag: string): void {
   let p = resolve(dir)
   while (!existsSync(p) && dirname(p) !== p) p = dirname(p)
+  const real = realpathSync(p)
+  let fsType: string | undefined = /^\/proc(\/|$)/.test(real) ? 'proc' : /^\/sys(\/|$)/.test(real) ? 'sysfs' : undefined
+  try {
+    fsType ??= PSEUDO_FS[statfsSync(real).type]
+  } catch { /* statfs unsupported: the path test above still holds */ }
+  if (fsType) throw new UsageError(`${flag} ${dir}: ${real} is on the kernel's ${fsType} filesystem, not a place for files`)
   if (!statSync(p).isDirectory()) throw new UsageError(`${flag} ${dir}: ${p} is not a directory`)
   try {
     accessSync(p, constants.W_OK)
@@ -58,8 +92,11 @@ export function assertWritableDir(dir: string, flag: string): void {
 }
 
 /** Fails (exit 2) unless `file` can be written: not a directory, in an existing, writable directory. */
-export function assertWritableFile(file: string, flag: string): void {
+export function assertWritableFile(file: string, flag: string, extensions?: string[]): void {
   if (existsSync(file) && statSync(file).isDirectory()) throw new UsageError(`${flag} ${file} is a directory`)
+  if (extensions && !extensions.includes(extname(file).toLowerCase())) {
+    throw new UsageError(`${flag} ${file}: writes ${extensions.join(' or ')} only (got "${extname(file) || 'no extension'}")`)
+  }
   const dir = dirname(resolve(file))
   if (!existsSync(dir)) throw new UsageError(`${flag} ${file}: directory ${dirname(file)} does not exist`)
   assertWritableDir(dir, flag)
@@ -68,4 +105,18 @@ export function assertWritableFile(file: string, flag: string): void {
 /** For `this.parse(...).catch(flagError)`: every flag problem is bad input (exit 2), in one line. */
 export function flagError(err: any): never {
   throw new UsageError(oneLine(err))
+}
+
+const gib = (b: number) => `${(b / 2 ** 30).toFixed(b < 2 ** 30 ? 2 : 1)} GiB`
+
+/** Refuses (exit 2), before anything is allocated, a training run whose estimated memory exceeds the backend's. */
+export function assertFits(shape: TrainingShape, backend: BackendName): TrainingEstimate {
+  const e = trainingMemoryEstimate(shape)
+  const budget = memoryBudget(backend)
+  if (e.bytes > budget.bytes) {
+    throw new UsageError(`this model does not fit: training needs about ${gib(e.bytes)} (weights, gradients and AdamW moments ${gib(e.state)} for ` +
+      `${(shape.params / 1e6).toFixed(1)}M parameters; activations ${gib(e.activations + e.logits)} for ${shape.batch}×${shape.seqLen} tokens), but ${budget.what}; ` +
+      'use fewer --layers, a smaller --d-model or --batch, or --recompute-block')
+  }
+  return e
 }

@@ -1,17 +1,15 @@
 import {Args, Flags} from '@oclif/core'
 import {writeFileAtomic} from '../model/atomic.js'
-import {backendFlag, positiveFlag} from '../cli/flags.js'
+import {CHART_EXTENSIONS, backendFlag, chartFlag, gateFlags, tokensFlag} from '../cli/flags.js'
 import {BaseCommand, UsageError, assertWritableFile, flagError} from '../cli/base.js'
 import {chart, heatmap, sideBySide, table} from '../cli/render.js'
 import {writeLineChartSvg} from '../cli/svg.js'
-import {describeBackend, selectBackend} from '../model/backend.js'
+import {backendJson} from '../model/backend-names.js'
 import {readCheckpoint} from '../model/checkpoint.js'
 import {checkpointCorpus} from '../model/data.js'
 import {numConnections} from '../model/model.js'
 import {GainAnalysis, GateRule, LayerGains, analyzeGains, checkGates, describeGate, identityLayers} from '../profile/gain.js'
 import {checkpointMaps} from '../profile/maps.js'
-
-const positive = (description: string) => positiveFlag(description)
 
 export default class AnalyzeGain extends BaseCommand {
   static override description = `Propagation gains of H_res and of its products across layers (the paper's Fig. 3 and 7).
@@ -19,27 +17,25 @@ export default class AnalyzeGain extends BaseCommand {
 For every layer l (attention and MLP counted separately) and every token of a validation sample: the Amax gain of
 H_res_l (forward = max absolute row sum, backward = max absolute column sum) and of the composite mapping
 H_res_{L-1}···H_res_l (paper Eq. 4), averaged over tokens as the paper does ("mean") and for the worst token ("max").
-Gates (--max-*) exit 1 naming the worst layer; bad input exits 2.`
+Gates (--max-gain, --max-composite-gain; each bounds forward and backward) exit 1 naming the worst layer; bad
+input exits 2.`
 
   static override examples = [
     '<%= config.bin %> <%= command.id %> runs/mhc',
     '<%= config.bin %> <%= command.id %> runs/hc runs/mhc --chart gains.svg --csv gains.csv',
     '<%= config.bin %> <%= command.id %> runs/mhc --max-gain 1.05 --max-composite-gain 2 --json',
+    '<%= config.bin %> <%= command.id %> runs/mhc --heatmap-layers 0,7',
   ]
 
   static override strict = false // any number of checkpoints
   static override args = {checkpoint: Args.string({required: true, description: 'checkpoint or run directory (more may follow)'})}
   static override flags = {
     data: Flags.string({description: 'text to sample (its validation split) [default: each checkpoint corpus]'}),
-    tokens: Flags.integer({min: 1, max: 1_000_000, default: 4096, description: 'tokens in the sample (whole sequences of the model context)'}),
-    layers: Flags.string({description: 'layers to print as heatmaps, e.g. "0,7" [default: first and middle]'}),
-    'max-gain': positive('gate: single-layer forward Amax gain'),
-    'max-backward-gain': positive('gate: single-layer backward Amax gain'),
-    'max-composite-gain': positive('gate: composite (layer l to last) forward Amax gain'),
-    'max-composite-backward-gain': positive('gate: composite backward Amax gain'),
-    'gate-on': Flags.option({options: ['mean', 'max'] as const, default: 'mean' as const, description: 'gate on the token mean (as the paper) or the worst token'})(),
+    tokens: tokensFlag(),
+    'heatmap-layers': Flags.string({description: 'layers to print as heatmaps, e.g. "0,7" [default: first and middle]'}),
+    ...gateFlags(),
     csv: Flags.string({description: 'write every layer of every checkpoint as CSV'}),
-    chart: Flags.string({default: 'mhc-gain.svg', description: 'SVG chart of gains over depth ("none" to skip)'}),
+    chart: chartFlag('the gains over depth'),
     prefix: Flags.boolean({default: false, description: 'also show the product from the first layer up to l in the table'}),
     backend: backendFlag(),
   }
@@ -49,30 +45,27 @@ Gates (--max-*) exit 1 naming the worst layer; bad input exits 2.`
     this.verbose = flags.verbose
     const paths = argv as string[]
     const rules: GateRule[] = ([
-      ['single.forward', flags['max-gain'], '--max-gain'],
-      ['single.backward', flags['max-backward-gain'], '--max-backward-gain'],
-      ['composite.forward', flags['max-composite-gain'], '--max-composite-gain'],
-      ['composite.backward', flags['max-composite-backward-gain'], '--max-composite-backward-gain'],
+      ['single', flags['max-gain'], '--max-gain'],
+      ['composite', flags['max-composite-gain'], '--max-composite-gain'],
     ] as const).filter(([, t]) => t !== undefined).map(([quantity, threshold, flag]) => ({quantity, threshold: threshold!, flag}))
-    const heatLayers = flags.layers?.split(',').map((s) => {
+    const heatLayers = flags['heatmap-layers']?.split(',').map((s) => {
       const v = s.trim() === '' ? NaN : Number(s.trim())
-      if (!Number.isInteger(v) || v < 0) throw new UsageError(`--layers expects comma-separated layer indices, got "${flags.layers}"`)
+      if (!Number.isInteger(v) || v < 0) throw new UsageError(`--heatmap-layers expects comma-separated layer indices, got "${flags['heatmap-layers']}"`)
       return v
     })
 
     // Output paths, then every checkpoint and its text, before any work: a bad path fails fast, not after the analysis.
     if (flags.csv) assertWritableFile(flags.csv, '--csv')
-    if (flags.chart !== 'none') assertWritableFile(flags.chart, '--chart')
+    if (flags.chart) assertWritableFile(flags.chart, '--chart', CHART_EXTENSIONS)
     const inputs = paths.map((p) => {
       const data = readCheckpoint(p)
       const {model} = data.manifest
       const L = numConnections(model)
-      if (heatLayers?.some((l) => l >= L)) throw new UsageError(`--layers ${flags.layers}: ${data.dir} has layers 0..${L - 1}`)
+      if (heatLayers?.some((l) => l >= L)) throw new UsageError(`--heatmap-layers ${flags['heatmap-layers']}: ${data.dir} has layers 0..${L - 1}`)
       const corpus = model.arch === 'baseline' ? undefined : checkpointCorpus(data.manifest.data, flags.data, model.seqLen + 1, false)
       return {data, corpus}
     })
-    const backend = await selectBackend(flags.backend)
-    this.logToStderr(describeBackend(backend))
+    const backend = await this.chooseBackend(flags.backend)
 
     const runs: {name: string; arch: string; step: number; n: number; tokens: number; analysis?: GainAnalysis; layers: LayerGains[]}[] = []
     for (const {data, corpus} of inputs) {
@@ -125,7 +118,7 @@ Gates (--max-*) exit 1 naming the worst layer; bad input exits 2.`
       runs.flatMap((r) => [r.layers.map((l) => tr(l.composite.forward.mean)), r.layers.map((l) => tr(l.single.forward.mean))]),
       runs.flatMap((r) => [`${label(r)} composite`, `${label(r)} single`])))
 
-    if (flags.chart !== 'none') {
+    if (flags.chart) {
       await writeLineChartSvg(flags.chart, {
         title: 'Amax gain of H_res over depth (mean over tokens): forward = max row sum, backward = max column sum', xTitle: 'layer l (attention and MLP counted separately)',
         yTitle: logScale ? 'Amax gain (log scale)' : 'Amax gain', logY: logScale,
@@ -150,6 +143,7 @@ Gates (--max-*) exit 1 naming the worst layer; bad input exits 2.`
     for (const gate of gates) (gate.pass ? this.log.bind(this) : this.logToStderr.bind(this))(describeGate(gate))
     if (gates.some((x) => !x.pass)) process.exitCode = 1
     return {
+      backend: backendJson(backend),
       aggregate: 'mean = Amax gain averaged over the tokens of the sample (as the paper); max = worst token',
       runs: runs.map((r) => ({checkpoint: r.name, arch: r.arch, step: r.step, n: r.n, tokens: r.tokens, layers: r.layers,
         meanSingle: r.analysis?.meanSingle, meanComposite: r.analysis?.meanComposite, meanPrefix: r.analysis?.meanPrefix})),

@@ -1,20 +1,21 @@
 import {Args, Flags} from '@oclif/core'
-import {existsSync, mkdtempSync, readFileSync, readdirSync} from 'node:fs'
+import {existsSync, mkdtempSync, readdirSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-import {backendFlag, numberFlag, positiveFlag} from '../cli/flags.js'
-import {BaseCommand, UsageError, assertWritableDir, assertWritableFile, flagError} from '../cli/base.js'
+import {backendFlag, gateFlags, numberFlag, positiveFlag, tokensFlag} from '../cli/flags.js'
+import {BaseCommand, UsageError, assertFits, assertWritableDir, assertWritableFile, flagError} from '../cli/base.js'
 import {table} from '../cli/render.js'
 import {writeFileAtomic} from '../model/atomic.js'
-import {describeBackend, selectBackend} from '../model/backend.js'
+import {backendJson} from '../model/backend-names.js'
 import {CheckpointData, LIMITS, isCheckpointName, readCheckpoint} from '../model/checkpoint.js'
 import {Corpus, checkpointCorpus, loadCorpus} from '../model/data.js'
-import {ARCHS, Arch, numConnections} from '../model/model.js'
+import {ARCHS, Arch, numConnections, parameterCount} from '../model/model.js'
 import {PRESETS, configFromPreset} from '../model/presets.js'
+import {assertUnlocked} from '../model/run-lock.js'
 import {METRICS_FILE, NonFiniteError, runTraining} from '../model/train.js'
 import {analyzeGains, identityLayers} from '../profile/gain.js'
 import {checkpointMaps} from '../profile/maps.js'
-import {CheckInput, StepRecord, Thresholds, evaluateRules, toJUnit, worstStochasticity} from '../profile/stability.js'
+import {CheckInput, Thresholds, describeValue, evaluateRules, readStepRecords, toJUnit, worstStochasticity} from '../profile/stability.js'
 
 const RULES = ['finite-loss', 'finite-gradients', 'finite-weights', 'loss-spike', 'grad-norm-explosion', 'single-gain', 'composite-gain', 'doubly-stochastic']
 const positive = (description: string, dflt: number) => positiveFlag(description, dflt)
@@ -26,7 +27,7 @@ Checks a run directory (metrics.jsonl + its latest checkpoint), or trains a shor
 rules each reported pass/fail with its measured value and threshold: no NaN/Inf in loss, gradients or weights; no
 loss spike (robust z-score against a rolling median, warm-up excluded); no gradient-norm explosion; single and
 composite Amax gains of H_res within bounds; H_res doubly stochastic within tolerance (mHC).
-Exit codes: 0 all rules pass, 1 a rule failed, 2 bad input or a crash.`
+Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected failure.`
 
   static override examples = [
     '<%= config.bin %> <%= command.id %> runs/mhc',
@@ -51,22 +52,14 @@ Exit codes: 0 all rules pass, 1 a rule failed, 2 bad input or a crash.`
     'spike-window': Flags.integer({min: 5, default: 50, description: 'rolling window (steps) for the spike and explosion rules'}),
     'warmup-steps': Flags.integer({min: 0, description: 'steps excluded from the spike and explosion rules [default: the larger of the run warm-up and 10% of its steps]'}),
     'max-grad-ratio': positive('grad-norm-explosion: max ratio of the gradient norm to its rolling median', 10),
-    'max-gain': positive('single-gain: max single-layer Amax gain (forward and backward)', 1.5),
-    'max-composite-gain': positive('composite-gain: max composite Amax gain (forward and backward)', 2),
-    'gate-on': Flags.option({options: ['mean', 'max'] as const, default: 'mean' as const, description: 'gains: mean over tokens (as the paper) or the worst token'})(),
+    ...gateFlags({maxGain: 1.5, maxCompositeGain: 2}),
     // t_max = 20 leaves the column sums of badly conditioned tokens off by a few percent (the paper's "backward
     // deviates slightly"); 0.1 flags a broken projection, not that.
     'ds-tolerance': positive('doubly-stochastic: max |row or column sum − 1| of any token H_res', 0.1),
-    tokens: Flags.integer({min: 1, max: 1_000_000, default: 1024, description: 'validation tokens sampled for the gain rules'}),
+    tokens: tokensFlag(),
     skip: Flags.string({multiple: true, options: RULES, description: 'rule to leave out (repeatable)'}),
     junit: Flags.string({description: 'write a JUnit XML report (one testcase per rule)'}),
     backend: backendFlag(),
-  }
-
-  // A CI gate must tell "a rule failed" (1) from "the check could not run" (2): every error is 2 here.
-  protected override async catch(err: any): Promise<any> {
-    if (err?.code !== 'EEXIT' && !(err?.oclif?.exit !== undefined)) err = new UsageError(String(err?.message ?? err))
-    return super.catch(err)
   }
 
   async run() {
@@ -85,16 +78,28 @@ Exit codes: 0 all rules pass, 1 a rule failed, 2 bad input or a crash.`
       toTrain = configFromPreset(flags.preset, flags.arch, {layers: flags.layers, dModel: flags['d-model'], steps: flags.steps, lr: flags.lr, gradClip: flags['grad-clip'], seed: flags.seed})
       if (toTrain.model.dModel % toTrain.model.heads !== 0) throw new UsageError(`--d-model ${toTrain.model.dModel} must be divisible by the preset's ${toTrain.model.heads} heads`)
       corpus = loadCorpus(flags.data, 0.1, toTrain.model.seqLen + 1)
+      if (flags.out) {
+        assertUnlocked(flags.out)
+        if (existsSync(join(flags.out, METRICS_FILE))) throw new UsageError(`${flags.out} already holds a run; check it with \`mhc check ${flags.out}\` or choose another --out`)
+      }
       runDir = flags.out ?? mkdtempSync(join(tmpdir(), `mhc-check-${flags.arch}-`))
-      if (existsSync(join(runDir, METRICS_FILE))) throw new UsageError(`${runDir} already holds a run; check it with \`mhc check ${runDir}\` or choose another --out`)
     } else {
       runDir = args.run!
       if (!existsSync(join(runDir, METRICS_FILE))) throw new UsageError(`${runDir}: no ${METRICS_FILE} (not a run directory)`)
     }
-    const backend = await selectBackend(flags.backend)
-    this.logToStderr(describeBackend(backend))
+    // A run trained here without --out lives in a temporary directory that goes when the check is done.
+    const temporary = flags.train && !flags.out
+    try {
+      return await this.check(flags, runDir, t0, corpus, toTrain, temporary)
+    } finally {
+      if (temporary) rmSync(runDir, {recursive: true, force: true})
+    }
+  }
 
+  private async check(flags: any, runDir: string, t0: number, corpus: Corpus | undefined, toTrain: ReturnType<typeof configFromPreset> | undefined, temporary: boolean) {
+    const backend = await this.chooseBackend(flags.backend)
     if (toTrain) {
+      assertFits({...toTrain.model, params: parameterCount(toTrain.model), batch: toTrain.train.batch, recomputeBlock: 0}, backend.backend)
       this.logToStderr(`training ${toTrain.model.arch} (${flags.preset}, ${toTrain.model.layers} blocks, ${toTrain.train.steps} steps, grad clip ${toTrain.train.gradClip || 'off'}) into ${runDir}`)
       try {
         await runTraining({...toTrain, corpus: corpus!, outDir: runDir, backend: backend.backend})
@@ -104,7 +109,8 @@ Exit codes: 0 all rules pass, 1 a rule failed, 2 bad input or a crash.`
       }
     }
 
-    const steps = readSteps(join(runDir, METRICS_FILE))
+    const {steps, tornLastLine} = readStepRecords(join(runDir, METRICS_FILE))
+    if (tornLastLine) this.logToStderr(`note: the last line of ${join(runDir, METRICS_FILE)} is incomplete (a run killed mid-write) and was skipped`)
     // A run that saved no complete checkpoint (it diverged first) fails the weight and gain rules; a corrupt one is bad input.
     const saved = readdirSync(runDir).some((f) => isCheckpointName(f) && existsSync(join(runDir, f, 'manifest.json')))
     const data: CheckpointData | undefined = saved ? readCheckpoint(runDir, {allowNonFinite: true}) : undefined
@@ -130,16 +136,17 @@ Exit codes: 0 all rules pass, 1 a rule failed, 2 bad input or a crash.`
     const seconds = (performance.now() - t0) / 1000
     const failed = results.filter((r) => !r.pass)
 
-    this.log(table(['rule', 'status', 'measured', 'threshold', 'where'], results.map((r) => [r.rule, r.pass ? 'pass' : 'FAIL', r.value, r.threshold, r.detail ?? '']),
+    this.log(table(['rule', 'status', 'measured', 'threshold', 'where'], results.map((r) => [r.rule, r.pass ? 'pass' : 'FAIL', describeValue(r).value, describeValue(r).threshold, r.detail ?? '']),
       ['left', 'center', 'right', 'right', 'left']))
-    this.log(`${runDir}: ${results.length} rules, ${failed.length} failed`)
-    for (const r of failed) this.logToStderr(`FAIL ${r.rule}: ${r.value} (threshold ${r.threshold})${r.detail ? `; ${r.detail}` : ''}`)
+    this.log(`${runDir}: ${results.length} rules, ${failed.length} failed${temporary ? ' (a temporary run, removed now; --out keeps it)' : ''}`)
+    for (const r of failed) this.logToStderr(`FAIL ${r.rule}: ${describeValue(r).value} (threshold ${describeValue(r).threshold}, ${r.unit})${r.detail ? `; ${r.detail}` : ''}`)
     if (flags.junit) {
-      writeFileAtomic(flags.junit, toJUnit(results, `mhc check ${runDir}`, seconds))
+      writeFileAtomic(flags.junit, toJUnit(results, `mhc check ${temporary ? `--train --arch ${toTrain!.model.arch}` : runDir}`, seconds))
       this.logToStderr(`JUnit report written to ${flags.junit}`)
     }
     if (failed.length) process.exitCode = 1
-    return {run: runDir, arch: data?.manifest.model.arch ?? toTrain?.model.arch, checkpoint: data?.dir, pass: failed.length === 0, rules: results, thresholds}
+    return {backend: backendJson(backend), run: runDir, kept: !temporary, arch: data?.manifest.model.arch ?? toTrain?.model.arch, checkpoint: data?.dir,
+      pass: failed.length === 0, rules: results, thresholds}
   }
 }
 
@@ -148,19 +155,3 @@ function defaultWarmup(train: {warmup: number} | undefined, steps: number): numb
   return Math.max(train?.warmup ?? 0, Math.ceil(0.1 * steps))
 }
 
-/** Step records of a metrics.jsonl; a torn last line (a killed run) is ignored. */
-function readSteps(path: string): StepRecord[] {
-  const out: StepRecord[] = []
-  for (const line of readFileSync(path, 'utf8').split('\n')) {
-    if (!line.trim()) continue
-    let rec: any
-    try {
-      rec = JSON.parse(line)
-    } catch {
-      continue
-    }
-    // JSON has no NaN: a non-finite loss is written as null.
-    if (rec.type === 'step') out.push({step: rec.step, loss: rec.loss ?? NaN, gradNorm: rec.gradNorm ?? NaN})
-  }
-  return out
-}

@@ -2,7 +2,7 @@ import {Args, Flags} from '@oclif/core'
 import {backendFlag} from '../cli/flags.js'
 import {BaseCommand, flagError} from '../cli/base.js'
 import {table} from '../cli/render.js'
-import {describeBackend, selectBackend} from '../model/backend.js'
+import {backendJson} from '../model/backend-names.js'
 import {LIMITS, materialize, readCheckpoint} from '../model/checkpoint.js'
 import {checkpointCorpus} from '../model/data.js'
 import {evaluate} from '../model/train.js'
@@ -23,14 +23,13 @@ export default class Eval extends BaseCommand {
     const data = readCheckpoint(args.checkpoint) // verified before any work
     const {model, train} = data.manifest
     const corpus = checkpointCorpus(data.manifest.data, flags.data, model.seqLen + 1, false)
-    const backend = await selectBackend(flags.backend)
-    this.logToStderr(describeBackend(backend))
+    const backend = await this.chooseBackend(flags.backend)
     const ck = materialize(data)
     const windows = flags['eval-windows'] ?? train.evalWindows
     const valLoss = await evaluate(ck.params, model, corpus.val, windows, train.batch)
     for (const v of Object.values(ck.params)) v.dispose()
     this.log(table(['checkpoint', 'arch', 'step', 'corpus', 'windows', 'val loss (nats/byte)'],
       [[ck.dir, model.arch, ck.manifest.step, corpus.source, windows, valLoss.toFixed(4)]]))
-    return {checkpoint: ck.dir, arch: model.arch, step: ck.manifest.step, data: corpus.source, windows, valLoss, bitsPerByte: valLoss / Math.LN2}
+    return {backend: backendJson(backend), checkpoint: ck.dir, arch: model.arch, step: ck.manifest.step, data: corpus.source, windows, valLoss, bitsPerByte: valLoss / Math.LN2}
   }
 }

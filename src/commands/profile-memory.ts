@@ -1,9 +1,9 @@
 import {Flags} from '@oclif/core'
-import {backendFlag} from '../cli/flags.js'
-import {BaseCommand, UsageError, assertWritableFile, flagError} from '../cli/base.js'
+import {CHART_EXTENSIONS, activationBytesFlag, backendFlag, chartFlag, microBatchSizeFlag, microBatchesFlag, pipelineStagesFlag} from '../cli/flags.js'
+import {BaseCommand, UsageError, assertFits, assertWritableFile, flagError} from '../cli/base.js'
 import {chart, table} from '../cli/render.js'
 import {writeLineChartSvg} from '../cli/svg.js'
-import {describeBackend, selectBackend} from '../model/backend.js'
+import {backendJson} from '../model/backend-names.js'
 import {readCheckpoint} from '../model/checkpoint.js'
 import {ModelConfig, numConnections, parameterCount} from '../model/model.js'
 import {calibrate, measurePeaks, predictPeak} from '../profile/memory-measure.js'
@@ -38,14 +38,14 @@ forward+backward passes of a small mHC model on the current backend for each L_r
     expansion: Flags.integer({min: 1, description: 'residual streams n [default: the preset]'}),
     heads: Flags.integer({min: 1, description: 'attention heads [default: the preset]'}),
     'seq-len': Flags.integer({min: 1, description: 'tokens per sequence [default: the preset]'}),
-    'micro-batch-size': Flags.integer({min: 1, default: 1, description: 'sequences per micro-batch'}),
+    'micro-batch-size': microBatchSizeFlag(),
     'total-params': Flags.integer({min: 1, description: 'all parameters (MoE: every expert) [default: the preset / checkpoint]'}),
     'layer-unit': Flags.option({options: ['blocks', 'sublayers'] as const, default: 'blocks' as const,
       description: 'what L counts in Eq. 20: Transformer blocks, or attention and MLP sublayers (the paper is ambiguous; the answer differs)'})(),
-    'pipeline-stages': Flags.integer({min: 1, description: 'pipeline stages PP [default: the preset layout]'}),
-    'micro-batches': Flags.integer({min: 1, description: 'micro-batches per step and pipeline [default: the preset layout]'}),
+    'pipeline-stages': pipelineStagesFlag(),
+    'micro-batches': microBatchesFlag(),
     'tensor-parallel': Flags.integer({min: 1, default: 1, description: 'tensor-parallel degree t'}),
-    'activation-bytes': bytesFlag('bytes per activation element (bf16: 2)', 2),
+    'activation-bytes': activationBytesFlag(),
     'weight-bytes': bytesFlag('bytes per parameter for the weights (bf16: 2)', 2),
     'grad-bytes': bytesFlag('bytes per parameter for gradients (fp32 accumulation: 4)', 4),
     'optimizer-bytes': bytesFlag('bytes per parameter for optimizer states (fp32 master + Adam m, v: 12)', 12),
@@ -54,29 +54,29 @@ forward+backward passes of a small mHC model on the current backend for each L_r
     measure: Flags.boolean({default: false, description: 'measure real forward+backward passes of a small model for every L_r (uses --layers, --d-model, --expansion, --seq-len, --heads, --batch)'}),
     batch: Flags.integer({min: 1, default: 64, description: '--measure: sequences per pass'}),
     'mlp-ratio': Flags.integer({min: 1, default: 1, description: '--measure: MLP width / C'}),
-    chart: Flags.string({default: 'mhc-memory.svg', description: 'SVG chart of memory against L_r ("none" to skip)'}),
+    chart: chartFlag('memory against L_r'),
     backend: backendFlag('--measure: compute backend'),
   }
 
   async run() {
     const {flags} = await this.parse(ProfileMemory).catch(flagError)
     this.verbose = flags.verbose
-    if (flags.chart !== 'none') assertWritableFile(flags.chart, '--chart')
+    if (flags.chart) assertWritableFile(flags.chart, '--chart', CHART_EXTENSIONS)
     return flags.measure ? this.measure(flags) : this.model(flags)
   }
 
   private async model(flags: any) {
     const preset = PAPER_MODELS[flags.preset]
     let base = {name: preset.name, layers: preset.layers, dModel: preset.dModel, heads: preset.heads, seqLen: preset.seqLen, expansion: preset.expansion,
-      totalParams: preset.paper.totalParams, stages: preset.pipeline.stages, microBatches: preset.pipeline.microBatches}
+      totalParams: preset.paper.totalParams, stages: preset.pipeline.stages, microBatches: preset.pipeline.microBatches, microBatchSize: preset.pipeline.microBatchSize}
     if (flags.checkpoint) {
       const m = readCheckpoint(flags.checkpoint).manifest.model
       base = {name: flags.checkpoint, layers: m.layers, dModel: m.dModel, heads: m.heads, seqLen: m.seqLen, expansion: m.arch === 'baseline' ? 1 : m.expansion,
-        totalParams: parameterCount(m), stages: 1, microBatches: 1}
+        totalParams: parameterCount(m), stages: 1, microBatches: 1, microBatchSize: 1}
     }
     const c: MemoryConfig = {
       name: base.name, layers: flags.layers ?? base.layers, dModel: flags['d-model'] ?? base.dModel, heads: flags.heads ?? base.heads,
-      seqLen: flags['seq-len'] ?? base.seqLen, microBatchSize: flags['micro-batch-size'], expansion: flags.expansion ?? base.expansion,
+      seqLen: flags['seq-len'] ?? base.seqLen, microBatchSize: flags['micro-batch-size'] ?? base.microBatchSize, expansion: flags.expansion ?? base.expansion,
       totalParams: flags['total-params'] ?? base.totalParams, pipelineStages: flags['pipeline-stages'] ?? base.stages,
       microBatches: flags['micro-batches'] ?? base.microBatches, tensorParallel: flags['tensor-parallel'], layerUnit: flags['layer-unit'],
       activationBytes: flags['activation-bytes'], weightBytes: flags['weight-bytes'], gradBytes: flags['grad-bytes'], optimizerBytes: flags['optimizer-bytes'],
@@ -96,7 +96,7 @@ forward+backward passes of a small mHC model on the current backend for each L_r
     this.log(chart('mHC residual-path activation memory per token (elements) against L_r', [r.curve.points.map((p) => p.counts.total)], ['total'], {digits: 0}))
     this.log(`\nresidual paths on the first pipeline stage (${r.perStage.layers} ${c.layerUnit}, ${r.perStage.inFlight} micro-batches in flight), per GPU:`)
     this.log(table(['path', 'elements / token', 'GiB / GPU'], r.paths.map((p) => [p.name, p.perTokenElements.toLocaleString('en-US'), (p.perGpuBytes / GiB).toFixed(3)])))
-    if (flags.chart !== 'none') {
+    if (flags.chart) {
       const pts = r.curve.points
       await writeLineChartSvg(flags.chart, {title: `${c.name}: mHC residual-path activation memory against L_r (Eq. 20, L = ${r.L} ${c.layerUnit})`,
         xTitle: 'L_r', yTitle: 'elements per token', series: [
@@ -116,8 +116,8 @@ forward+backward passes of a small mHC model on the current backend for each L_r
       heads: flags.heads ?? 1, mlpRatio: flags['mlp-ratio'], expansion: flags.expansion ?? 4, sinkhornIters: 20, gateInit: 0.01, normEps: 1e-20}
     if (cfg.dModel % cfg.heads !== 0) throw new UsageError(`--d-model ${cfg.dModel} must be divisible by --heads ${cfg.heads}`)
     if (cfg.expansion < 2) throw new UsageError('--expansion must be at least 2 for an mHC model')
-    const backend = await selectBackend(flags.backend)
-    this.logToStderr(describeBackend(backend))
+    const backend = await this.chooseBackend(flags.backend)
+    assertFits({...cfg, params: parameterCount(cfg), batch: flags.batch, recomputeBlock: 0}, backend.backend)
     const L = numConnections(cfg)
     this.logToStderr(`calibrating on a one-block model, then measuring L_r = 1..${L} on ${cfg.layers} blocks (${L} layers), n = ${cfg.expansion}, C = ${cfg.dModel}, ${flags.batch}×${cfg.seqLen} tokens`)
     const model = await calibrate(cfg, flags.batch)
@@ -133,12 +133,12 @@ forward+backward passes of a small mHC model on the current backend for each L_r
     const agree = measuredBest.some((l) => modelledBest.includes(l))
     this.log(`measured optimum L_r = ${measuredBest.join(' or ')}; modelled ${modelledBest.join(' or ')} (${agree ? 'agree' : 'DISAGREE'}); largest error ${(100 * maxErr).toFixed(1)}%`)
     this.log(`model: ${(model.storedPerBlock / MiB).toFixed(3)} MiB kept per block, ${(model.perLayer / MiB).toFixed(3)} MiB per recomputed layer, calibrated on one block (ties within 0.1% count as ties)`)
-    if (flags.chart !== 'none') {
+    if (flags.chart) {
       await writeLineChartSvg(flags.chart, {title: `Peak memory against the recompute block L_r (${cfg.layers} blocks, n = ${cfg.expansion}, C = ${cfg.dModel}, ${backend.backend})`,
         xTitle: 'L_r (layers per recompute block)', yTitle: 'MiB above the weights',
         series: [{name: 'measured (tf.profile peakBytes)', x: rows.map((r) => r.Lr), y: rows.map((r) => r.measured / MiB)}, {name: 'modelled', x: rows.map((r) => r.Lr), y: rows.map((r) => r.modelled / MiB)}]})
       this.logToStderr(`chart written to ${flags.chart}`)
     }
-    return {backend: backend.backend, model: cfg, batch: flags.batch, calibration: model, rows, measuredOptimum: measuredBest, modelledOptimum: modelledBest, optimaAgree: agree, maxRelError: maxErr}
+    return {backend: backendJson(backend), model: cfg, batch: flags.batch, calibration: model, rows, measuredOptimum: measuredBest, modelledOptimum: modelledBest, optimaAgree: agree, maxRelError: maxErr}
   }
 }

@@ -1,5 +1,5 @@
 import {Flags} from '@oclif/core'
-import {backendFlag, numberFlag} from '../cli/flags.js'
+import {CHART_EXTENSIONS, activationBytesFlag, backendFlag, chartFlag, microBatchSizeFlag, microBatchesFlag, numberFlag, pipelineStagesFlag} from '../cli/flags.js'
 import {BaseCommand, UsageError, assertWritableFile, flagError} from '../cli/base.js'
 import {chart, table} from '../cli/render.js'
 import {writeLineChartSvg} from '../cli/svg.js'
@@ -41,7 +41,7 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
     '<%= config.bin %> <%= command.id %>',
     '<%= config.bin %> <%= command.id %> --preset paper-3b --hardware h200 --chart none',
     '<%= config.bin %> <%= command.id %> --no-overlap-p2p --mfu 0.4 --json',
-    '<%= config.bin %> <%= command.id %> --schedule 1f1b --stages 5 --micro-batches 40',
+    '<%= config.bin %> <%= command.id %> --schedule 1f1b --pipeline-stages 5 --micro-batches 40',
     '<%= config.bin %> <%= command.id %> --measure --measure-tokens 512',
   ]
 
@@ -68,14 +68,14 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
     'launch-us': num('GPU-side cost of one kernel launch in µs [default: the preset\'s]', (v) => v >= 0, 'a number ≥ 0'),
     'p2p-bandwidth': positive('P2P bandwidth between stages in GB/s [default: the preset\'s network]'),
     'p2p-latency-us': num('P2P message latency in µs [default: the preset\'s]', (v) => v >= 0, 'a number ≥ 0'),
-    'act-bytes': numD('bytes per activation element (bf16 = 2)', (v) => v > 0, 'a positive number', 2),
+    'activation-bytes': activationBytesFlag(),
     'coef-bytes': numD('bytes per coefficient / φ element (fp32 = 4)', (v) => v > 0, 'a positive number', 4),
     mfu: numD('fraction of the tensor peak reached by the layer\'s own compute (attention, FFN)', (v) => v > 0 && v <= 1, 'a number in (0, 1]', DEFAULTS.mfu),
     'hide-fraction': numD('share of FFN F_post,res time hidden under the paired attention with the high-priority stream', (v) => v >= 0 && v <= 1, 'a number in [0, 1]', DEFAULTS.hideFraction),
     schedule: Flags.option({options: SCHEDULES, default: DEFAULTS.schedule, description: 'pipeline schedule'})(),
-    stages: int('pipeline stages PP [default: the preset\'s]'),
-    'micro-batches': int('micro-batches per optimiser step and replica [default: the preset\'s]'),
-    'micro-batch-size': int('sequences per micro-batch [default: the preset\'s]'),
+    'pipeline-stages': pipelineStagesFlag(),
+    'micro-batches': microBatchesFlag(),
+    'micro-batch-size': microBatchSizeFlag(),
     'recompute-block': Flags.integer({min: 0, default: 0, description: 'mHC recompute block L_r in layers (attention and FFN counted separately); 0 = the pipeline stage'}),
     'recompute-coefficients': Flags.boolean({default: DEFAULTS.recomputeCoefficients, allowNo: true, description: 'recompute H_pre, H_post, H_res too instead of keeping them'}),
     'overlap-p2p': Flags.boolean({default: DEFAULTS.overlap.p2p, allowNo: true, description: 'overlap design: P2P hidden under the paired chunk (else the blocking reference runtime)'}),
@@ -84,7 +84,7 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
     breakdown: Flags.option({options: SCENARIO_IDS, default: 'mhc-paper', description: 'scenario whose kernels are listed'})(),
     timeline: Flags.option({options: [...SCENARIO_IDS, 'baseline', 'none'], default: 'mhc-paper', description: 'scenario whose schedule is drawn ("baseline": the residual network with the overlap)'})(),
     'timeline-width': Flags.integer({min: 40, max: 400, default: 100, description: 'columns of the ASCII timeline'}),
-    chart: Flags.string({default: 'mhc-time.svg', description: 'SVG chart of the overhead against n ("none" to skip)'}),
+    chart: chartFlag('the overhead against n'),
     measure: Flags.boolean({default: false, description: 'time the mHC apply path here: separate tfjs ops vs one fused op'}),
     backend: backendFlag('compute backend for --measure'),
     'measure-tokens': Flags.integer({min: 1, max: 65536, default: 1024, description: 'tokens in the --measure batch'}),
@@ -93,7 +93,7 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
 
   async run() {
     const {flags} = await this.parse(ProfileTime).catch(flagError)
-    if (flags.chart !== 'none') assertWritableFile(flags.chart, '--chart')
+    if (flags.chart) assertWritableFile(flags.chart, '--chart', CHART_EXTENSIONS)
     this.verbose = flags.verbose
 
     // --- configuration: the preset, then every flag given
@@ -114,10 +114,10 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
       ...paperConfig(model, hw),
       n: flags.expansion ?? model.expansion,
       tmax: flags['sinkhorn-iters'] ?? model.sinkhornIters,
-      dtypes: {act: flags['act-bytes'], coef: flags['coef-bytes']},
+      dtypes: {act: flags['activation-bytes'], coef: flags['coef-bytes']},
       mfu: flags.mfu,
       schedule: flags.schedule as ScheduleName,
-      stages: flags.stages ?? model.pipeline.stages,
+      stages: flags['pipeline-stages'] ?? model.pipeline.stages,
       microBatches: flags['micro-batches'] ?? model.pipeline.microBatches,
       microBatchSize: flags['micro-batch-size'] ?? model.pipeline.microBatchSize,
       p2pBandwidth: flags['p2p-bandwidth'] !== undefined ? flags['p2p-bandwidth'] * 1e9 : hw.network,
@@ -128,7 +128,7 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
     }
     const usage = <T>(f: () => T): T => {
       try { return f() } catch (e) {
-        if (e instanceof RangeError || e instanceof ScheduleError) throw new UsageError(e.message + (e instanceof ScheduleError ? ' (--stages, --micro-batches)' : ''))
+        if (e instanceof RangeError || e instanceof ScheduleError) throw new UsageError(e.message + (e instanceof ScheduleError ? ' (--pipeline-stages, --micro-batches)' : ''))
         throw e
       }
     }
@@ -139,9 +139,7 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
 
     let measure: MeasureResult | undefined
     if (flags.measure) {
-      const {selectBackend, describeBackend} = await import('../model/backend.js')
-      const backend = await selectBackend(flags.backend)
-      this.logToStderr(describeBackend(backend))
+      await this.chooseBackend(flags.backend)
       measure = await measureApplyPath({tokens: flags['measure-tokens'], n: cfg.n, C: cfg.model.dModel, reps: flags['measure-reps']}, hw)
     }
 
@@ -152,7 +150,7 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
     const tokens = tokensPerMicroBatch(cfg)
     const paper = report.scenarios.find((s) => s.scenario.id === 'mhc-paper')!
     const hc = report.scenarios.find((s) => s.scenario.id === 'hc')!
-    const presetLayout = flags.stages === undefined && flags['micro-batches'] === undefined && flags.layers === undefined && cfg.schedule === 'dualpipe'
+    const presetLayout = flags['pipeline-stages'] === undefined && flags['micro-batches'] === undefined && flags.layers === undefined && cfg.schedule === 'dualpipe'
     const assumptions = describeAssumptions(cfg, {...DEFAULTS.why, pipeline: presetLayout ? `not in the paper: ${model.pipeline.why}` : 'as given'})
 
     this.log(`mHC time overhead — ${flags.preset}${Object.keys(MODEL_FLAGS).some((f) => (flags as any)[f] !== undefined) ? ' (modified)' : ''} on ${hw.name}: ` +
@@ -215,7 +213,7 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
     this.log('\n' + chart(`overhead (%) against n = ${sweepNs.join(', ')} (each n spans 6 columns)`,
       shown.map((id) => widen(sweep.map((p) => 100 * p.overhead[id]))), shown, {digits: 1}))
 
-    if (flags.chart !== 'none') {
+    if (flags.chart) {
       await writeLineChartSvg(flags.chart, {
         title: `mHC time overhead over the residual baseline — ${flags.preset} on ${hw.name}, ${cfg.schedule}`, xTitle: 'expansion rate n', yTitle: 'overhead (%)',
         series: [
@@ -251,7 +249,7 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
         kernels: groupKernels(s.kernels),
       })),
       layer: report.layer, residualKernels: {fwd: report.residual.fwd, bwd: report.residual.bwdInput},
-      io, sweep, timeline, chart: flags.chart === 'none' ? null : flags.chart, measure: measure ?? null,
+      io, sweep, timeline, chart: flags.chart ?? null, measure: measure ?? null,
     }
   }
 }

@@ -2,13 +2,14 @@ import {Flags} from '@oclif/core'
 import {existsSync, readdirSync, statSync} from 'node:fs'
 import {dirname, join, resolve} from 'node:path'
 import {backendFlag, numberFlag} from '../cli/flags.js'
-import {BaseCommand, UsageError, assertWritableDir, flagError} from '../cli/base.js'
+import {BaseCommand, UsageError, assertFits, assertWritableDir, flagError} from '../cli/base.js'
 import {chart, progressBar, table} from '../cli/render.js'
-import {describeBackend, selectBackend} from '../model/backend.js'
+import {backendJson} from '../model/backend-names.js'
 import {LATEST, LIMITS, byStep, isCheckpointName, materialize, stepOfCheckpoint, readCheckpoint, stateFromCheckpoint} from '../model/checkpoint.js'
 import {checkpointCorpus, loadCorpus} from '../model/data.js'
 import {ARCHS, Arch, ModelConfig, parameterCount} from '../model/model.js'
 import {DEFAULT_ARCH, DEFAULT_PRESET, PRESETS, configFromPreset} from '../model/presets.js'
+import {assertUnlocked} from '../model/run-lock.js'
 import {DEFAULT_MAX_NONFINITE, METRICS_FILE, NONFINITE_POLICIES, NonFiniteEvent, TrainConfig, disposeState, evaluate, runTraining} from '../model/train.js'
 
 const int = (o: {description: string; min?: number; max?: number}) => Flags.integer({min: o.min ?? 1, max: o.max, description: o.description})
@@ -91,11 +92,12 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
       // The cosine horizon stays the first run's: resuming to a later --steps continues at the minimum lr.
       train = {...ck.manifest.train, scheduleSteps: ck.manifest.train.scheduleSteps ?? ck.manifest.train.steps}
       for (const [flag, key] of Object.entries(SCHEDULE_FLAGS)) if ((flags as any)[flag] !== undefined) (train as any)[key] = (flags as any)[flag]
+      const runDir = dirname(ck.dir)
+      outDir = flags.out ?? runDir
+      assertUnlocked(outDir)
       if (train.steps < ck.manifest.step) {
         throw new UsageError(`--steps ${train.steps} is behind the checkpoint (step ${ck.manifest.step}); use \`mhc eval\` to evaluate it`)
       }
-      const runDir = dirname(ck.dir)
-      outDir = flags.out ?? runDir
       if (resolve(outDir) === resolve(runDir)) {
         const later = readdirSync(runDir).filter((f) => isCheckpointName(f) && stepOfCheckpoint(f) > ck.manifest.step)
         // Given the run directory, `latest` decides: a checkpoint newer than it is one whose save was cut off before
@@ -117,6 +119,7 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
       if (model.arch === 'mhc' && model.sinkhornIters < 1) throw new UsageError('--sinkhorn-iters must be at least 1 for --arch mhc (0 would leave H_res unnormalised)')
       if (flags.steps === 0) throw new UsageError('--steps 0 trains nothing; to evaluate a checkpoint use `mhc eval`')
       outDir = flags.out ?? freeRunDir(`runs/${model.arch}`)
+      assertUnlocked(outDir)
       if (holdsRun(outDir)) {
         const hasCheckpoint = readdirSync(outDir).some((f) => f === LATEST || f.startsWith('ckpt-'))
         throw new UsageError(hasCheckpoint
@@ -133,10 +136,10 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
     const corpus = ck ? checkpointCorpus(ck.manifest.data, flags.data, model.seqLen + 1, true) : loadCorpus(flags.data, 0.1, model.seqLen + 1)
 
     // 3. Backend, then the checkpoint's tensors on it.
-    const backend = await selectBackend(flags.backend)
-    this.logToStderr(describeBackend(backend))
-    const resume = ck ? materialize(ck) : undefined
+    const backend = await this.chooseBackend(flags.backend)
     const nParams = parameterCount(model)
+    assertFits({...model, params: nParams, batch: train.batch, recomputeBlock: train.recomputeBlock ?? 0}, backend.backend)
+    const resume = ck ? materialize(ck) : undefined
     this.logToStderr(`${model.arch}: ${model.layers} block${model.layers === 1 ? '' : 's'} (${2 * model.layers} layers), C=${model.dModel}, n=${model.arch === 'baseline' ? 1 : model.expansion}, ` +
       `${(nParams / 1e6).toFixed(3)}M params; ${corpus.source}: ${corpus.train.length} train / ${corpus.val.length} val bytes; run dir ${outDir}`)
     if (resume && train.steps > train.scheduleSteps!) {
@@ -148,7 +151,7 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
       const valLoss = await evaluate(resume.params, model, corpus.val, train.evalWindows, train.batch)
       disposeState(stateFromCheckpoint(resume))
       this.log(`${resume.dir}: step ${resume.manifest.step}, val loss ${valLoss.toFixed(4)} nats/byte (${train.evalWindows} windows of ${model.seqLen} bytes)`)
-      return {arch: model.arch, backend: backend.backend, checkpoint: resume.dir, step: resume.manifest.step, valLoss, evaluateOnly: true}
+      return {arch: model.arch, backend: backendJson(backend), checkpoint: resume.dir, step: resume.manifest.step, valLoss, evaluateOnly: true}
     }
 
     // 4. Train.
@@ -204,7 +207,7 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
 
     // 5. Report.
     const result = {
-      arch: model.arch, backend: backend.backend, params: nParams, outDir, checkpoint: summary.checkpoint ?? resume?.dir,
+      arch: model.arch, backend: backendJson(backend), params: nParams, outDir, checkpoint: summary.checkpoint ?? resume?.dir,
       startStep: summary.startStep, steps: summary.steps, trainLoss: summary.trainLoss, valLoss: summary.valLoss,
       bestValLoss: summary.evals.length ? Math.min(...summary.evals.map((e) => e.valLoss)) : undefined,
       tokensPerSec: summary.tokensPerSec, seconds: summary.seconds, model, train: summary.train, data: {source: corpus.source, sha256: corpus.sha256},

@@ -5,20 +5,19 @@ import {setWasmPaths} from '@tensorflow/tfjs-backend-wasm'
 import {existsSync} from 'node:fs'
 import {dirname, join} from 'node:path'
 import {InputError} from './errors.js'
+import {probeWebgpu} from './webgpu-probe.js'
 
 export {tf}
 // PROD silences tfjs's console advice to install tfjs-node (which cannot install here) and skips debug checks.
 tf.env().set('PROD', true)
 
-import {BACKENDS, BackendChoice, BackendName} from './backend-names.js'
-export {BACKENDS}
-export type {BackendChoice, BackendName}
+import {BACKENDS, BackendAttempt, BackendChoice, BackendName, BackendReport, ResolvedChoice, backendJson, describeBackend} from './backend-names.js'
+export {BACKENDS, backendJson, describeBackend}
+export type {BackendAttempt, BackendChoice, BackendName, BackendReport, ResolvedChoice}
 
 /** The requested backend cannot run here (exit 2: the user asked for something this machine lacks). */
 export class BackendError extends InputError {}
 
-export interface BackendAttempt { backend: BackendName; ok: boolean; reason?: string }
-export interface BackendReport { backend: BackendName; requested: BackendChoice; attempts: BackendAttempt[] }
 
 const oneLine = (e: unknown) => String((e as Error)?.message ?? e).split('\n')[0].slice(0, 200)
 
@@ -26,6 +25,7 @@ const oneLine = (e: unknown) => String((e as Error)?.message ?? e).split('\n')[0
 // The specifier is a variable so the TypeScript build does not need the package to exist.
 async function tryTensorflow(): Promise<void> {
   if (process.env.MHC_NO_TFJS_NODE === '1') throw new Error('disabled by MHC_NO_TFJS_NODE=1')
+  process.env.TF_CPP_MIN_LOG_LEVEL ??= '2' // TensorFlow's native start-up chatter would reach stderr
   const spec = '@tensorflow/tfjs-node-gpu'
   try {
     await import(spec)
@@ -36,23 +36,19 @@ async function tryTensorflow(): Promise<void> {
   if (tf.findBackend('tensorflow') == null) throw new Error('loaded but registered no "tensorflow" backend')
 }
 
-// Dawn needs a Vulkan loader to find a GPU. Without one it prints a native warning on every start, so look first.
-function vulkanLoaderPresent(): boolean {
-  if (process.platform !== 'linux') return true
-  const dirs = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64', '/usr/lib', '/usr/local/lib',
-    ...(process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean)]
-  return dirs.some((d) => existsSync(join(d, 'libvulkan.so.1')))
-}
-
 async function tryWebgpu(): Promise<void> {
-  if (!vulkanLoaderPresent()) throw new Error('no Vulkan loader (libvulkan.so.1) on this machine')
+  // Asked in a child process first, so that no native warning reaches the terminal and a software adapter
+  // (llvmpipe, lavapipe, SwiftShader) is never chosen.
+  const probe = await probeWebgpu()
+  if (!probe.ok) throw new Error(probe.reason)
+  // A real GPU is there. Keep the software Vulkan drivers out of this process: loading them prints native warnings.
+  process.env.VK_LOADER_DRIVERS_DISABLE ??= '*lvp*,*swiftshader*'
   const spec = 'webgpu'
   const dawn = (await import(spec)) as {create: (o: string[]) => any; globals: object}
   Object.assign(globalThis, dawn.globals)
   const gpu = dawn.create([])
-  const adapter = await gpu.requestAdapter()
-  if (adapter == null) throw new Error('Dawn found no GPU adapter')
-  if (adapter.info?.isFallbackAdapter) throw new Error('only a software fallback adapter is present')
+  const adapter = await gpu.requestAdapter({powerPreference: 'high-performance'})
+  if (adapter == null) throw new Error('Dawn found no GPU adapter in this process')
   // The tfjs WebGPU backend reads navigator.gpu when its module is evaluated, so it must exist first.
   ;(globalThis as any).navigator = {gpu}
   await import('@tensorflow/tfjs-backend-webgpu')
@@ -80,27 +76,25 @@ async function activate(name: BackendName): Promise<void> {
 }
 
 /**
- * `auto` tries tfjs-node-gpu, then WebGPU (when an adapter exists), then wasm, then cpu, and records why each
+ * `auto` tries tfjs-node-gpu, then WebGPU (a real GPU adapter only), then wasm, then cpu, and records why each
  * candidate was skipped. A named backend is tried alone: asking for a GPU that is not there is an error, not a
- * silent fallback.
+ * silent fallback. `choice` may carry where it came from (--backend, MHC_BACKEND, the config file).
  */
-export async function selectBackend(choice: BackendChoice): Promise<BackendReport> {
-  const order: BackendName[] = choice === 'auto' ? [...BACKENDS] : [choice]
+export async function selectBackend(choice: BackendChoice | ResolvedChoice): Promise<BackendReport> {
+  const resolved: ResolvedChoice = typeof choice === 'string' ? {choice, source: 'flag'} : choice
+  const order: BackendName[] = resolved.choice === 'auto' ? [...BACKENDS] : [resolved.choice]
   const attempts: BackendAttempt[] = []
   for (const name of order) {
     try {
       await activate(name)
       attempts.push({backend: name, ok: true})
-      return {backend: name, requested: choice, attempts}
+      return {backend: name, requested: resolved.choice, source: resolved.source, attempts}
     } catch (e) {
       attempts.push({backend: name, ok: false, reason: oneLine(e)})
     }
   }
   const why = attempts.map((a) => `${a.backend}: ${a.reason}`).join('; ')
-  throw new BackendError(`no usable backend for --backend ${choice} (${why})`)
+  const asked = resolved.source === 'env' ? `MHC_BACKEND=${resolved.choice}` : resolved.source === 'config' ? `backend ${resolved.choice} (${resolved.where})` : `--backend ${resolved.choice}`
+  throw new BackendError(`no usable backend for ${asked} (${why})`)
 }
 
-export function describeBackend(r: BackendReport): string {
-  const skipped = r.attempts.filter((a) => !a.ok).map((a) => `${a.backend} unavailable: ${a.reason}`)
-  return `backend: ${r.backend}${r.requested === 'auto' ? ' (auto)' : ''}${skipped.length ? ` [${skipped.join('; ')}]` : ''}`
-}

@@ -1,6 +1,6 @@
 // The training loop: sample a batch, take gradients, clip (optionally), AdamW, log, evaluate, checkpoint.
 // No framework optimiser: AdamW is a dozen lines here so its state can be saved and restored exactly.
-import {appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync} from 'node:fs'
+import {appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync} from 'node:fs'
 import {basename, dirname, join, resolve} from 'node:path'
 import {writeFileAtomic} from './atomic.js'
 import {tf} from './backend.js'
@@ -8,6 +8,7 @@ import {LoadedCheckpoint, byStep, isCheckpointName, stepOfCheckpoint, loadCheckp
 import {Corpus, evalWindows, sampleBatch, windowsToBatch} from './data.js'
 import {ModelConfig, Params, crossEntropy, forward, initParams, layerOfParam, loss, paramSpecs} from './model.js'
 import {Rng} from './rng.js'
+import {LOCK_FILE, acquireRunLock} from './run-lock.js'
 
 export interface TrainConfig {
   steps: number // total optimiser steps of the run (a resumed run continues to this step)
@@ -263,12 +264,30 @@ function ancestors(resume: LoadedCheckpoint, outDir: string): {step: number; dir
 }
 
 export async function runTraining(o: RunOptions): Promise<RunSummary> {
-  const {model: cfg, corpus} = o
   const tc: TrainConfig = {...o.train} // a copy: rollbacks change lrScale
   const policy = tc.onNonFinite ?? 'stop'
   const maxNonFinite = tc.maxNonFinite ?? DEFAULT_MAX_NONFINITE
   const metricsPath = join(o.outDir, METRICS_FILE)
+  const created = !existsSync(o.outDir)
   mkdirSync(o.outDir, {recursive: true})
+  const releaseLock = acquireRunLock(o.outDir) // one writer per run directory; fails naming the holder
+  try {
+    return await trainLoop(o, tc, policy, maxNonFinite, metricsPath)
+  } catch (e) {
+    // Nothing was trained (a failure before the first step): leave no empty run directory behind.
+    const logged = existsSync(metricsPath) && statSync(metricsPath).size > 0
+    if (created && !logged && readdirSync(o.outDir).every((f) => f === LOCK_FILE || f === METRICS_FILE)) {
+      releaseLock()
+      rmSync(o.outDir, {recursive: true, force: true})
+    }
+    throw e
+  } finally {
+    releaseLock()
+  }
+}
+
+async function trainLoop(o: RunOptions, tc: TrainConfig, policy: NonFinitePolicy, maxNonFinite: number, metricsPath: string): Promise<RunSummary> {
+  const {model: cfg, corpus} = o
   removeStaleTemps(o.outDir)
   const freshState = (): TrainState => {
     const params = initParams(cfg, tc.seed)

@@ -143,36 +143,39 @@ export function analyzeGains(hRes: ArrayLike<number>[], n: number): GainAnalysis
 // ---------------------------------------------------------------------------------------------------------------
 // CI gates
 
-export type GateQuantity = 'single.forward' | 'single.backward' | 'composite.forward' | 'composite.backward'
+/** A gate bounds the single-layer or the composite Amax gain, in both directions (the worst of forward and backward). */
+export type GateQuantity = 'single' | 'composite'
 export interface GateRule { quantity: GateQuantity; threshold: number; flag: string }
 export interface GateResult extends GateRule {
   pass: boolean
   worst: number
+  direction: 'forward' | 'backward'
   layer: number
   sublayer: 'attn' | 'mlp'
   run: string
   aggregate: 'mean' | 'max'
 }
 
-/** Checks every rule against every layer of every run; reports the worst layer per rule. */
+/** Checks every rule against every layer of every run, both directions; reports the worst layer per rule. */
 export function checkGates(runs: {name: string; layers: LayerGains[]}[], rules: GateRule[], aggregate: 'mean' | 'max'): GateResult[] {
   return rules.map((rule) => {
-    const [kind, dir] = rule.quantity.split('.') as ['single' | 'composite', 'forward' | 'backward']
-    let worst = {value: -Infinity, layer: -1, sublayer: 'attn' as 'attn' | 'mlp', run: ''}
+    let worst = {value: -Infinity, direction: 'forward' as 'forward' | 'backward', layer: -1, sublayer: 'attn' as 'attn' | 'mlp', run: ''}
     for (const r of runs) {
       for (const l of r.layers) {
-        const v = l[kind][dir][aggregate]
-        if (v > worst.value || Number.isNaN(v)) worst = {value: v, layer: l.layer, sublayer: l.sublayer, run: r.name}
+        for (const direction of ['forward', 'backward'] as const) {
+          const v = l[rule.quantity][direction][aggregate]
+          if (v > worst.value || (Number.isNaN(v) && !Number.isNaN(worst.value))) worst = {value: v, direction, layer: l.layer, sublayer: l.sublayer, run: r.name}
+        }
       }
     }
     const pass = !(worst.value > rule.threshold) && !Number.isNaN(worst.value)
-    return {...rule, pass, worst: worst.value, layer: worst.layer, sublayer: worst.sublayer, run: worst.run, aggregate}
+    return {...rule, pass, worst: worst.value, direction: worst.direction, layer: worst.layer, sublayer: worst.sublayer, run: worst.run, aggregate}
   })
 }
 
 export function describeGate(g: GateResult): string {
-  const what = `${g.quantity.replace('.', ' ')} Amax gain (${g.aggregate} over tokens)`
-  return `${g.pass ? 'pass' : 'FAIL'}: ${what} ${g.worst.toPrecision(4)} at layer ${g.layer} (${g.sublayer}) of ${g.run} ${g.pass ? '<=' : '>'} ${g.flag} ${g.threshold}`
+  const what = `${g.quantity}-layer Amax gain (worst of forward and backward, ${g.aggregate} over tokens)`.replace('composite-layer', 'composite')
+  return `${g.pass ? 'pass' : 'FAIL'}: ${what} ${g.worst.toPrecision(4)} (${g.direction}) at layer ${g.layer} (${g.sublayer}) of ${g.run} ${g.pass ? '<=' : '>'} ${g.flag} ${g.threshold}`
 }
 
 /** A residual connection's "mapping" is the 1×1 identity: every gain is exactly 1. */

@@ -138,3 +138,39 @@ export function memoryReport(c: MemoryConfig): MemoryReport {
 
 export const GiB = 2 ** 30
 const fmtCount = (v: number) => (v >= 1e9 ? `${(v / 1e9).toFixed(2)}B` : v >= 1e6 ? `${(v / 1e6).toFixed(1)}M` : String(Math.round(v)))
+
+// ---------------------------------------------------------------------------------------------------------------
+// This implementation's own training memory, estimated before anything is allocated (fp32 throughout), so that a
+// size that cannot fit is refused with the figure rather than ending in an out-of-bounds wasm access or an abort.
+
+export interface TrainingShape {
+  arch: 'baseline' | 'hc' | 'mhc'
+  layers: number // Transformer blocks
+  dModel: number
+  heads: number
+  seqLen: number
+  mlpRatio: number
+  expansion: number
+  vocabSize: number
+  params: number
+  batch: number
+  recomputeBlock: number // L_r in sublayers; 0 = off
+}
+
+export interface TrainingEstimate { bytes: number; state: number; activations: number; logits: number }
+
+export function trainingMemoryEstimate(s: TrainingShape): TrainingEstimate {
+  const tokens = s.batch * s.seqLen
+  const L = 2 * s.layers // sublayers: each has its own connection
+  const n = s.arch === 'baseline' ? 1 : s.expansion
+  const state = 16 * s.params // weights, gradients, AdamW m and v
+  // The Transformer's own activations as Korthikanti et al. count them (16-bit bytes, so ×2 for fp32), with the MLP
+  // term scaled from their 4h to this model's width, plus the residual path of the connection (Table 2 / Eq. 20).
+  const perBlock = 2 * transformerActivationBytes(s.seqLen, s.batch, s.dModel, s.heads, 1, 'none') * Math.max(1, s.mlpRatio / 4)
+  const path = s.arch === 'baseline' ? residualPath(L, s.dModel)
+    : s.recomputeBlock > 0 ? mhcPath(L, n, s.dModel, Math.min(s.recomputeBlock, L))
+      : s.arch === 'hc' ? hcPath(L, n, s.dModel) : mhcPathNoRecompute(L, n, s.dModel)
+  const activations = perBlock * (s.recomputeBlock > 0 ? Math.min(s.layers, Math.ceil(s.recomputeBlock / 2)) : s.layers) + 4 * path.total * tokens
+  const logits = 4 * 4 * tokens * s.vocabSize // logits, log-softmax, one-hot targets, their product
+  return {bytes: state + activations + logits, state, activations, logits}
+}

@@ -1,17 +1,61 @@
 // Stability rules a CI job can gate on: finiteness, loss spikes, gradient-norm explosions, Amax gains, and (mHC)
 // how doubly stochastic H_res really is. Pure functions over metric series and gain analyses.
 import {XMLBuilder} from 'fast-xml-parser'
+import {readFileSync, statSync} from 'node:fs'
+import {InputError} from '../model/errors.js'
 import {LayerGains} from './gain.js'
 
 export interface StepRecord { step: number; loss: number; gradNorm: number }
 
+/**
+ * The step records of a metrics.jsonl. A line that is not a JSON object, or a step record without an integer step
+ * and numeric (or null: JSON has no NaN) loss and gradNorm, is bad input naming the line: a gate must never turn a
+ * corrupt file into "rule failed". The one exception is the signature of a torn write (kill -9 mid-append): a last
+ * line without its newline, which is skipped and counted.
+ */
+export function readStepRecords(path: string): {steps: StepRecord[]; tornLastLine: boolean} {
+  if (!statSync(path).isFile()) throw new InputError(`${path}: not a regular file`)
+  const text = readFileSync(path, 'utf8')
+  const lines = text.split('\n')
+  const steps: StepRecord[] = []
+  let tornLastLine = false
+  const isNum = (v: unknown) => v === null || typeof v === 'number'
+  lines.forEach((line, i) => {
+    if (!line.trim()) return
+    let rec: any
+    try {
+      rec = JSON.parse(line)
+    } catch {
+      if (i === lines.length - 1) { tornLastLine = true; return } // no newline after it: a torn append
+      throw new InputError(`${path}:${i + 1}: not a JSON record (${JSON.stringify(line.slice(0, 60))}${line.length > 60 ? '…' : ''})`)
+    }
+    if (typeof rec !== 'object' || rec === null || Array.isArray(rec) || typeof rec.type !== 'string') throw new InputError(`${path}:${i + 1}: not a metrics record (no "type")`)
+    if (rec.type !== 'step') return
+    if (!Number.isSafeInteger(rec.step) || rec.step < 1 || !isNum(rec.loss) || !isNum(rec.gradNorm)) {
+      throw new InputError(`${path}:${i + 1}: a step record needs an integer step and numeric loss and gradNorm`)
+    }
+    steps.push({step: rec.step, loss: rec.loss ?? NaN, gradNorm: rec.gradNorm ?? NaN})
+  })
+  return {steps, tornLastLine}
+}
+
+/**
+ * One rule's verdict, numeric so a pipeline can compare: `value` against `threshold` (both in `unit`; null when
+ * nothing could be measured, e.g. no steps or no checkpoint), the worst `layer` or the first/worst `step` where the
+ * rule looks at one, and `detail` for people.
+ */
 export interface RuleResult {
   rule: string
   description: string
   pass: boolean
-  value: string // measured, as printed
-  threshold: string
-  detail?: string // where: the step or layer
+  value: number | null
+  threshold: number
+  unit: string
+  layer: number | null
+  step: number | null
+  direction?: 'forward' | 'backward' // gain rules: which direction was worst
+  minEntry?: number // doubly-stochastic: the smallest entry of any token's H_res (must be >= 0)
+  detail?: string
 }
 
 export function median(xs: number[]): number {
@@ -68,63 +112,67 @@ export interface CheckInput {
   skip?: string[] // rule names not to evaluate
 }
 
-const fmt = (v: number) => (!Number.isFinite(v) ? String(v) : Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(3) : v.toFixed(4))
+export const fmt = (v: number) => (!Number.isFinite(v) ? String(v) : Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(3) : Number.isInteger(v) ? String(v) : v.toFixed(4))
 
 export function evaluateRules(input: CheckInput, t: Thresholds): RuleResult[] {
   const out: RuleResult[] = []
-  const add = (r: RuleResult) => {
-    if (!input.skip?.includes(r.rule)) out.push(r)
+  const add = (r: Omit<RuleResult, 'layer' | 'step'> & {layer?: number | null; step?: number | null}) => {
+    if (!input.skip?.includes(r.rule)) out.push({layer: null, step: null, ...r})
   }
   const {steps} = input
-  const firstBad = (key: 'loss' | 'gradNorm') => steps.find((s) => !Number.isFinite(s[key]))
   for (const [rule, key, what] of [['finite-loss', 'loss', 'loss'], ['finite-gradients', 'gradNorm', 'global gradient norm']] as const) {
-    const bad = firstBad(key)
+    const bad = steps.find((s) => !Number.isFinite(s[key]))
     const count = steps.filter((s) => !Number.isFinite(s[key])).length
-    add({rule, description: `no NaN/Inf ${what} in ${steps.length} steps`, pass: steps.length > 0 && count === 0, value: steps.length ? `${count} non-finite` : 'no steps recorded',
-      threshold: '0', detail: bad ? `first at step ${bad.step} (${bad[key]})` : undefined})
+    add({rule, description: `no NaN/Inf ${what} in ${steps.length} steps`, pass: steps.length > 0 && count === 0, value: steps.length ? count : null,
+      threshold: 0, unit: 'non-finite steps', step: bad?.step ?? null, detail: !steps.length ? 'no steps recorded' : bad ? `first at step ${bad.step} (${bad[key]})` : undefined})
   }
 
   const ck = input.checkpoint
-  add(ck
-    ? {rule: 'finite-weights', description: 'no NaN/Inf in the latest checkpoint weights', pass: ck.nonFiniteWeights === 0, value: `${ck.nonFiniteWeights} non-finite`, threshold: '0', detail: ck.dir}
-    : {rule: 'finite-weights', description: 'no NaN/Inf in the latest checkpoint weights', pass: false, value: 'no checkpoint', threshold: '0', detail: 'the run saved no checkpoint'})
+  add({rule: 'finite-weights', description: 'no NaN/Inf in the latest checkpoint weights', pass: ck !== undefined && ck.nonFiniteWeights === 0,
+    value: ck ? ck.nonFiniteWeights : null, threshold: 0, unit: 'non-finite weights', detail: ck ? ck.dir : 'the run saved no checkpoint'})
 
   const finiteSteps = steps.filter((s) => Number.isFinite(s.loss))
   // Warm-up by step number, not array index: NaN steps are filtered out above.
   const afterWarmup = <V>(xs: (V | undefined)[], recs: StepRecord[]) => xs.map((v, i) => (recs[i].step > t.warmup ? v : undefined))
-  const z = afterWarmup(spikeScores(finiteSteps.map((s) => s.loss), t.spikeWindow, 0), finiteSteps)
-  const worstZ = z.reduce<{v: number; i: number}>((w, v, i) => (v !== undefined && v > w.v ? {v, i} : w), {v: -Infinity, i: -1})
+  const worstOf = (xs: (number | undefined)[]) => xs.reduce<{v: number; i: number}>((w, v, i) => (v !== undefined && v > w.v ? {v, i} : w), {v: -Infinity, i: -1})
+  const z = worstOf(afterWarmup(spikeScores(finiteSteps.map((s) => s.loss), t.spikeWindow, 0), finiteSteps))
   add({rule: 'loss-spike', description: `train loss never exceeds its rolling median (window ${t.spikeWindow}, after step ${t.warmup}) by more than k robust std`,
-    pass: worstZ.i < 0 || worstZ.v <= t.spikeK, value: worstZ.i < 0 ? 'too few steps' : fmt(worstZ.v), threshold: `k = ${t.spikeK}`,
-    detail: worstZ.i < 0 ? undefined : `worst at step ${finiteSteps[worstZ.i].step} (loss ${fmt(finiteSteps[worstZ.i].loss)})`})
+    pass: z.i < 0 || z.v <= t.spikeK, value: z.i < 0 ? null : z.v, threshold: t.spikeK, unit: 'robust standard deviations above the rolling median',
+    step: z.i < 0 ? null : finiteSteps[z.i].step, detail: z.i < 0 ? 'too few steps after the warm-up' : `worst at step ${finiteSteps[z.i].step} (loss ${fmt(finiteSteps[z.i].loss)})`})
 
   const finiteGrad = steps.filter((s) => Number.isFinite(s.gradNorm))
-  const ratios = afterWarmup(growthRatios(finiteGrad.map((s) => s.gradNorm), t.spikeWindow, 0), finiteGrad)
-  const worstR = ratios.reduce<{v: number; i: number}>((w, v, i) => (v !== undefined && v > w.v ? {v, i} : w), {v: -Infinity, i: -1})
+  const r = worstOf(afterWarmup(growthRatios(finiteGrad.map((s) => s.gradNorm), t.spikeWindow, 0), finiteGrad))
   add({rule: 'grad-norm-explosion', description: `global gradient norm never exceeds its rolling median by more than a factor (after step ${t.warmup})`,
-    pass: worstR.i < 0 || worstR.v <= t.maxGradRatio, value: worstR.i < 0 ? 'too few steps' : `${fmt(worstR.v)}×`, threshold: `${t.maxGradRatio}×`,
-    detail: worstR.i < 0 ? undefined : `worst at step ${finiteGrad[worstR.i].step} (grad norm ${fmt(finiteGrad[worstR.i].gradNorm)})`})
+    pass: r.i < 0 || r.v <= t.maxGradRatio, value: r.i < 0 ? null : r.v, threshold: t.maxGradRatio, unit: 'times the rolling median',
+    step: r.i < 0 ? null : finiteGrad[r.i].step, detail: r.i < 0 ? 'too few steps after the warm-up' : `worst at step ${finiteGrad[r.i].step} (grad norm ${fmt(finiteGrad[r.i].gradNorm)})`})
 
   const gainRule = (rule: string, kind: 'single' | 'composite', limit: number, label: string) => {
-    if (!ck?.gains) return add({rule, description: label, pass: false, value: 'no checkpoint', threshold: `${limit}`})
-    let worst = {v: -Infinity, layer: -1, sub: '', dir: ''}
+    if (!ck?.gains) return add({rule, description: label, pass: false, value: null, threshold: limit, unit: 'Amax gain', detail: ck ? 'non-finite weights: no maps' : 'no checkpoint'})
+    let worst = {v: -Infinity, layer: -1, sub: '', dir: 'forward' as 'forward' | 'backward'}
     for (const l of ck.gains) for (const dir of ['forward', 'backward'] as const) {
       const v = l[kind][dir][t.gainAggregate]
-      if (v > worst.v || Number.isNaN(v)) worst = {v, layer: l.layer, sub: l.sublayer, dir}
+      if (v > worst.v || (Number.isNaN(v) && !Number.isNaN(worst.v))) worst = {v, layer: l.layer, sub: l.sublayer, dir}
     }
-    add({rule, description: label, pass: worst.v <= limit, value: fmt(worst.v), threshold: `${limit}`, detail: `${worst.dir} gain at layer ${worst.layer} (${worst.sub})`})
+    add({rule, description: label, pass: worst.v <= limit, value: worst.v, threshold: limit, unit: 'Amax gain', layer: worst.layer, direction: worst.dir,
+      detail: `${worst.dir} gain at layer ${worst.layer} (${worst.sub})`})
   }
   gainRule('single-gain', 'single', t.maxGain, `single-layer Amax gain of H_res (${t.gainAggregate} over tokens, forward and backward)`)
   gainRule('composite-gain', 'composite', t.maxCompositeGain, `composite Amax gain H_{L-1}···H_l (${t.gainAggregate} over tokens, forward and backward)`)
 
   if (ck?.arch === 'mhc') {
     const s = ck.stochasticity
-    const err = s ? Math.max(s.rowError, s.columnError) : NaN
+    const err = s ? Math.max(s.rowError, s.columnError) : null
     add({rule: 'doubly-stochastic', description: 'every token\'s H_res has row and column sums within tolerance of 1 and no negative entry',
-      pass: s !== undefined && err <= t.dsTolerance && s.minEntry >= 0, value: s ? `sum error ${fmt(err)}, min entry ${fmt(s.minEntry)}` : 'no maps', threshold: `${t.dsTolerance}`,
-      detail: s ? `worst at layer ${s.layer}` : undefined})
+      pass: s !== undefined && err! <= t.dsTolerance && s.minEntry >= 0, value: err, threshold: t.dsTolerance, unit: 'max |row or column sum - 1|',
+      layer: s ? s.layer : null, minEntry: s?.minEntry, detail: s ? `worst at layer ${s.layer}; min entry ${fmt(s.minEntry)}` : 'no maps'})
   }
   return out
+}
+
+/** A rule's measured value and threshold as printed in tables and JUnit. */
+export function describeValue(r: RuleResult): {value: string; threshold: string} {
+  const unit = r.rule === 'grad-norm-explosion' ? '×' : ''
+  return {value: r.value === null ? 'n/a' : `${fmt(r.value)}${unit}`, threshold: `${fmt(r.threshold)}${unit}`}
 }
 
 /** Worst per-token deviation from doubly stochastic over all layers: hRes[l] holds tokens × n × n row-major. */
@@ -161,8 +209,8 @@ export function toJUnit(results: RuleResult[], suite: string, seconds: number): 
         '@name': suite, '@tests': results.length, '@failures': failures, '@errors': 0, '@time': seconds.toFixed(3),
         testcase: results.map((r) => ({
           '@classname': 'mhc.check', '@name': r.rule,
-          ...(r.pass ? {'system-out': `${r.description}: ${r.value} (threshold ${r.threshold})${r.detail ? `; ${r.detail}` : ''}`}
-            : {failure: {'@message': `${r.value} (threshold ${r.threshold})${r.detail ? `; ${r.detail}` : ''}`, '@type': 'StabilityRule', '#text': r.description}}),
+          ...(r.pass ? {'system-out': `${r.description}: ${describeValue(r).value} (threshold ${describeValue(r).threshold}, ${r.unit})${r.detail ? `; ${r.detail}` : ''}`}
+            : {failure: {'@message': `${describeValue(r).value} (threshold ${describeValue(r).threshold}, ${r.unit})${r.detail ? `; ${r.detail}` : ''}`, '@type': 'StabilityRule', '#text': r.description}}),
         })),
       },
     },
