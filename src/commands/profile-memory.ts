@@ -1,14 +1,28 @@
 import {Flags} from '@oclif/core'
-import {CHART_EXTENSIONS, activationBytesFlag, backendFlag, chartFlag, microBatchSizeFlag, microBatchesFlag, pipelineStagesFlag} from '../cli/flags.js'
-import {BaseCommand, UsageError, assertFits, assertWritableFile, flagError} from '../cli/base.js'
+
+import {assertFits, assertWritableFile, BaseCommand, flagError, UsageError} from '../cli/base.js'
+import {
+  activationBytesFlag,
+  backendFlag,
+  CHART_EXTENSIONS,
+  chartFlag,
+  microBatchesFlag,
+  microBatchSizeFlag,
+  MODEL_FLAGS,
+  pick,
+  pipelineStagesFlag,
+  TRAIN_FLAGS,
+} from '../cli/flags.js'
 import {chart, table} from '../cli/render.js'
 import {writeLineChartSvg} from '../cli/svg.js'
-import {backendJson} from '../model/backend-names.js'
-import {readCheckpoint} from '../model/checkpoint.js'
-import {ModelConfig, numConnections, parameterCount} from '../model/model.js'
-import {calibrate, measurePeaks, predictPeak} from '../profile/memory-measure.js'
-import {GiB, MemoryConfig, memoryReport} from '../profile/memory.js'
-import {PAPER_MODELS, PAPER_MODEL_NAMES} from '../profile/presets.js'
+import {ModelConfig, numConnections} from '../model/config.js'
+import {connectionOf} from '../model/connections/index.js'
+import {backendJson} from '../model/engines/backends.js'
+import {parameterCount} from '../model/params.js'
+import {readCheckpoint} from '../model/train/run-dir.js'
+import {GiB, MemoryConfig, memoryReport} from '../profile/cost-models/memory.js'
+import {PAPER_MODEL_NAMES, PAPER_MODELS} from '../profile/cost-models/presets.js'
+import {calibrate, measurePeaks, predictPeak} from '../profile/measure/memory.js'
 
 const bytesFlag = (description: string, dflt: number) => Flags.integer({min: 0, max: 16, default: dflt, description})
 const MiB = 2 ** 20
@@ -22,26 +36,31 @@ reported) beside the closed form √(nL/(n+2)). In context: weights, gradients, 
 Transformer's activations (Korthikanti et al.), per GPU of the first pipeline stage. --measure runs real
 forward+backward passes of a small mHC model on the current backend for each L_r and compares the peak memory
 (tf.profile) with this implementation's model.`
-
   static override examples = [
     '<%= config.bin %> <%= command.id %>',
     '<%= config.bin %> <%= command.id %> --preset paper-27b --layer-unit sublayers --json',
     '<%= config.bin %> <%= command.id %> --checkpoint runs/mhc',
     '<%= config.bin %> <%= command.id %> --measure --layers 24 --d-model 16 --expansion 8',
   ]
-
   static override flags = {
-    preset: Flags.option({options: PAPER_MODEL_NAMES, default: 'paper-27b', description: 'model of the paper\'s Table 5'})(),
-    checkpoint: Flags.string({description: 'use a checkpoint\'s model config instead of a preset'}),
-    layers: Flags.integer({min: 1, description: 'Transformer blocks [default: the preset]'}),
-    'd-model': Flags.integer({min: 1, description: 'width C [default: the preset]'}),
-    expansion: Flags.integer({min: 1, description: 'residual streams n [default: the preset]'}),
-    heads: Flags.integer({min: 1, description: 'attention heads [default: the preset]'}),
-    'seq-len': Flags.integer({min: 1, description: 'tokens per sequence [default: the preset]'}),
+    preset: Flags.option({
+      options: PAPER_MODEL_NAMES,
+      default: 'paper-27b',
+      description: "model of the paper's Table 5",
+    })(),
+    checkpoint: Flags.string({description: "use a checkpoint's model config instead of a preset"}),
+    ...pick(MODEL_FLAGS, ['layers', 'd-model', 'expansion', 'heads', 'seq-len', 'mlp-ratio']),
     'micro-batch-size': microBatchSizeFlag(),
-    'total-params': Flags.integer({min: 1, description: 'all parameters (MoE: every expert) [default: the preset / checkpoint]'}),
-    'layer-unit': Flags.option({options: ['blocks', 'sublayers'] as const, default: 'blocks' as const,
-      description: 'what L counts in Eq. 20: Transformer blocks, or attention and MLP sublayers (the paper is ambiguous; the answer differs)'})(),
+    'total-params': Flags.integer({
+      min: 1,
+      description: 'all parameters (MoE: every expert) [default: the preset / checkpoint]',
+    }),
+    'layer-unit': Flags.option({
+      options: ['blocks', 'sublayers'] as const,
+      default: 'blocks' as const,
+      description:
+        'what L counts in Eq. 20: Transformer blocks, or attention and MLP sublayers (the paper is ambiguous; the answer differs)',
+    })(),
     'pipeline-stages': pipelineStagesFlag(),
     'micro-batches': microBatchesFlag(),
     'tensor-parallel': Flags.integer({min: 1, default: 1, description: 'tensor-parallel degree t'}),
@@ -49,11 +68,22 @@ forward+backward passes of a small mHC model on the current backend for each L_r
     'weight-bytes': bytesFlag('bytes per parameter for the weights (bf16: 2)', 2),
     'grad-bytes': bytesFlag('bytes per parameter for gradients (fp32 accumulation: 4)', 4),
     'optimizer-bytes': bytesFlag('bytes per parameter for optimizer states (fp32 master + Adam m, v: 12)', 12),
-    'optimizer-shards': Flags.integer({min: 1, default: 1, description: 'ZeRO-1: data-parallel ranks sharing the optimizer states'}),
-    'transformer-recompute': Flags.option({options: ['none', 'selective', 'full'] as const, default: 'selective' as const, description: 'recompute of the rest of the activations'})(),
-    measure: Flags.boolean({default: false, description: 'measure real forward+backward passes of a small model for every L_r (uses --layers, --d-model, --expansion, --seq-len, --heads, --batch)'}),
-    batch: Flags.integer({min: 1, default: 64, description: '--measure: sequences per pass'}),
-    'mlp-ratio': Flags.integer({min: 1, default: 1, description: '--measure: MLP width / C'}),
+    'optimizer-shards': Flags.integer({
+      min: 1,
+      default: 1,
+      description: 'ZeRO-1: data-parallel ranks sharing the optimizer states',
+    }),
+    'transformer-recompute': Flags.option({
+      options: ['none', 'selective', 'full'] as const,
+      default: 'selective' as const,
+      description: 'recompute of the rest of the activations',
+    })(),
+    measure: Flags.boolean({
+      default: false,
+      description:
+        'measure real forward+backward passes of a small model for every L_r (uses --layers, --d-model, --expansion, --seq-len, --heads, --mlp-ratio, --batch; defaults 16, 32, 4, 8, 1, 1, 64)',
+    }),
+    batch: TRAIN_FLAGS.batch,
     chart: chartFlag('memory against L_r'),
     backend: backendFlag('--measure: compute backend'),
   }
@@ -67,78 +97,246 @@ forward+backward passes of a small mHC model on the current backend for each L_r
 
   private async model(flags: any) {
     const preset = PAPER_MODELS[flags.preset]
-    let base = {name: preset.name, layers: preset.layers, dModel: preset.dModel, heads: preset.heads, seqLen: preset.seqLen, expansion: preset.expansion,
-      totalParams: preset.paper.totalParams, stages: preset.pipeline.stages, microBatches: preset.pipeline.microBatches, microBatchSize: preset.pipeline.microBatchSize}
+    let base = {
+      name: preset.name,
+      layers: preset.layers,
+      dModel: preset.dModel,
+      heads: preset.heads,
+      seqLen: preset.seqLen,
+      expansion: preset.expansion,
+      totalParams: preset.paper.totalParams,
+      stages: preset.pipeline.stages,
+      microBatches: preset.pipeline.microBatches,
+      microBatchSize: preset.pipeline.microBatchSize,
+    }
     if (flags.checkpoint) {
       const m = readCheckpoint(flags.checkpoint).manifest.model
-      base = {name: flags.checkpoint, layers: m.layers, dModel: m.dModel, heads: m.heads, seqLen: m.seqLen, expansion: m.arch === 'baseline' ? 1 : m.expansion,
-        totalParams: parameterCount(m), stages: 1, microBatches: 1, microBatchSize: 1}
+      base = {
+        name: flags.checkpoint,
+        layers: m.layers,
+        dModel: m.dModel,
+        heads: m.heads,
+        seqLen: m.seqLen,
+        expansion: connectionOf(m).streams(m),
+        totalParams: parameterCount(m),
+        stages: 1,
+        microBatches: 1,
+        microBatchSize: 1,
+      }
     }
+
     const c: MemoryConfig = {
-      name: base.name, layers: flags.layers ?? base.layers, dModel: flags['d-model'] ?? base.dModel, heads: flags.heads ?? base.heads,
-      seqLen: flags['seq-len'] ?? base.seqLen, microBatchSize: flags['micro-batch-size'] ?? base.microBatchSize, expansion: flags.expansion ?? base.expansion,
-      totalParams: flags['total-params'] ?? base.totalParams, pipelineStages: flags['pipeline-stages'] ?? base.stages,
-      microBatches: flags['micro-batches'] ?? base.microBatches, tensorParallel: flags['tensor-parallel'], layerUnit: flags['layer-unit'],
-      activationBytes: flags['activation-bytes'], weightBytes: flags['weight-bytes'], gradBytes: flags['grad-bytes'], optimizerBytes: flags['optimizer-bytes'],
-      optimizerShards: flags['optimizer-shards'], transformerRecompute: flags['transformer-recompute'],
+      name: base.name,
+      layers: flags.layers ?? base.layers,
+      dModel: flags['d-model'] ?? base.dModel,
+      heads: flags.heads ?? base.heads,
+      seqLen: flags['seq-len'] ?? base.seqLen,
+      microBatchSize: flags['micro-batch-size'] ?? base.microBatchSize,
+      expansion: flags.expansion ?? base.expansion,
+      totalParams: flags['total-params'] ?? base.totalParams,
+      pipelineStages: flags['pipeline-stages'] ?? base.stages,
+      microBatches: flags['micro-batches'] ?? base.microBatches,
+      tensorParallel: flags['tensor-parallel'],
+      layerUnit: flags['layer-unit'],
+      activationBytes: flags['activation-bytes'],
+      weightBytes: flags['weight-bytes'],
+      gradBytes: flags['grad-bytes'],
+      optimizerBytes: flags['optimizer-bytes'],
+      optimizerShards: flags['optimizer-shards'],
+      transformerRecompute: flags['transformer-recompute'],
     }
-    if (c.layers % c.pipelineStages !== 0) throw new UsageError(`--pipeline-stages ${c.pipelineStages} must divide the ${c.layers} blocks`)
+    if (c.layers % c.pipelineStages !== 0)
+      throw new UsageError(`--pipeline-stages ${c.pipelineStages} must divide the ${c.layers} blocks`)
     const r = memoryReport(c)
     const unit = c.layerUnit === 'blocks' ? 'Transformer blocks' : 'sublayers (attention and MLP counted separately)'
     const tokens = c.seqLen * c.microBatchSize
     const ties = r.curve.argmin.length > 1 ? ` (tie: ${r.curve.argmin.join(', ')})` : ''
-    this.log(`${c.name}: L = ${r.L} ${unit}, n = ${c.expansion}, C = ${c.dModel}; ${tokens} tokens per micro-batch, ${c.activationBytes}-byte activations`)
-    this.log(`L_r* = ${r.curve.argmin[0]}${ties} by exact integer argmin of nC·⌈L/L_r⌉ + (n+2)C·L_r; closed form √(nL/(n+2)) = ${r.curve.closedForm.toFixed(3)}`)
+    this.log(
+      `${c.name}: L = ${r.L} ${unit}, n = ${c.expansion}, C = ${c.dModel}; ${tokens} tokens per micro-batch, ${c.activationBytes}-byte activations`,
+    )
+    this.log(
+      `L_r* = ${r.curve.argmin[0]}${ties} by exact integer argmin of nC·⌈L/L_r⌉ + (n+2)C·L_r; closed form √(nL/(n+2)) = ${r.curve.closedForm.toFixed(3)}`,
+    )
     const mb = (elements: number) => ((elements * tokens * c.activationBytes) / MiB).toFixed(1)
-    const show = r.curve.points.filter((p) => p.Lr <= 12 || r.curve.argmin.includes(p.Lr) || p.Lr === r.L || p.Lr % 5 === 0)
-    this.log(table(['L_r', 'stored /token', 'transient /token', 'total /token', 'total MiB /micro-batch', ''],
-      show.map((p) => [p.Lr, p.counts.stored, p.counts.transient, p.counts.total, mb(p.counts.total), r.curve.argmin.includes(p.Lr) ? '← L_r*' : ''])))
-    this.log(chart('mHC residual-path activation memory per token (elements) against L_r', [r.curve.points.map((p) => p.counts.total)], ['total'], {digits: 0}))
-    this.log(`\nresidual paths on the first pipeline stage (${r.perStage.layers} ${c.layerUnit}, ${r.perStage.inFlight} micro-batches in flight), per GPU:`)
-    this.log(table(['path', 'elements / token', 'GiB / GPU'], r.paths.map((p) => [p.name, p.perTokenElements.toLocaleString('en-US'), (p.perGpuBytes / GiB).toFixed(3)])))
+    const show = r.curve.points.filter(
+      (p) =>
+        p.recomputeBlock <= 12 ||
+        r.curve.argmin.includes(p.recomputeBlock) ||
+        p.recomputeBlock === r.L ||
+        p.recomputeBlock % 5 === 0,
+    )
+    this.log(
+      table(
+        ['L_r', 'stored /token', 'transient /token', 'total /token', 'total MiB /micro-batch', ''],
+        show.map((p) => [
+          p.recomputeBlock,
+          p.counts.stored,
+          p.counts.transient,
+          p.counts.total,
+          mb(p.counts.total),
+          r.curve.argmin.includes(p.recomputeBlock) ? '← L_r*' : '',
+        ]),
+      ),
+    )
+    this.log(
+      chart(
+        'mHC residual-path activation memory per token (elements) against L_r',
+        [r.curve.points.map((p) => p.counts.total)],
+        ['total'],
+        {digits: 0},
+      ),
+    )
+    this.log(
+      `\nresidual paths on the first pipeline stage (${r.perStage.layers} ${c.layerUnit}, ${r.perStage.inFlight} micro-batches in flight), per GPU:`,
+    )
+    this.log(
+      table(
+        ['path', 'elements / token', 'GiB / GPU'],
+        r.paths.map((p) => [p.name, p.perTokenElements.toLocaleString('en-US'), (p.perGpuBytes / GiB).toFixed(3)]),
+      ),
+    )
     if (flags.chart) {
       const pts = r.curve.points
-      await writeLineChartSvg(flags.chart, {title: `${c.name}: mHC residual-path activation memory against L_r (Eq. 20, L = ${r.L} ${c.layerUnit})`,
-        xTitle: 'L_r', yTitle: 'elements per token', series: [
-          {name: 'total', x: pts.map((p) => p.Lr), y: pts.map((p) => p.counts.total)},
-          {name: 'stored: nC·⌈L/L_r⌉ + C·L', x: pts.map((p) => p.Lr), y: pts.map((p) => p.counts.stored)},
-          {name: 'transient: (n+2)C·L_r', x: pts.map((p) => p.Lr), y: pts.map((p) => p.counts.transient)},
-        ]})
+      await writeLineChartSvg(flags.chart, {
+        title: `${c.name}: mHC residual-path activation memory against L_r (Eq. 20, L = ${r.L} ${c.layerUnit})`,
+        xTitle: 'L_r',
+        yTitle: 'elements per token',
+        series: [
+          {name: 'total', x: pts.map((p) => p.recomputeBlock), y: pts.map((p) => p.counts.total)},
+          {name: 'stored: nC·⌈L/L_r⌉ + C·L', x: pts.map((p) => p.recomputeBlock), y: pts.map((p) => p.counts.stored)},
+          {name: 'transient: (n+2)C·L_r', x: pts.map((p) => p.recomputeBlock), y: pts.map((p) => p.counts.transient)},
+        ],
+      })
       this.logToStderr(`chart written to ${flags.chart}`)
     }
-    this.log(`\nper GPU, first pipeline stage (PP = ${c.pipelineStages}, t = ${c.tensorParallel}), mHC at L_r = ${r.curve.argmin[0]}:`)
-    this.log(table(['item', 'GiB', 'how'], r.rows.map((row) => [row.item, (row.bytes / GiB).toFixed(2), row.note]), ['left', 'right', 'left']))
-    return {config: c, L: r.L, layerUnit: c.layerUnit, argmin: r.curve.argmin, closedForm: r.curve.closedForm, curve: r.curve.points, paths: r.paths, perGpu: r.rows, perStage: r.perStage}
+
+    this.log(
+      `\nper GPU, first pipeline stage (PP = ${c.pipelineStages}, t = ${c.tensorParallel}), mHC at L_r = ${r.curve.argmin[0]}:`,
+    )
+    this.log(
+      table(
+        ['item', 'GiB', 'how'],
+        r.rows.map((row) => [row.item, (row.bytes / GiB).toFixed(2), row.note]),
+        ['left', 'right', 'left'],
+      ),
+    )
+    return {
+      config: c,
+      L: r.L,
+      layerUnit: c.layerUnit,
+      argmin: r.curve.argmin,
+      closedForm: r.curve.closedForm,
+      curve: r.curve.points,
+      paths: r.paths,
+      perGpu: r.rows,
+      perStage: r.perStage,
+    }
   }
 
   private async measure(flags: any) {
-    const cfg: ModelConfig = {arch: 'mhc', vocabSize: 256, seqLen: flags['seq-len'] ?? 8, layers: flags.layers ?? 16, dModel: flags['d-model'] ?? 32,
-      heads: flags.heads ?? 1, mlpRatio: flags['mlp-ratio'], expansion: flags.expansion ?? 4, sinkhornIters: 20, gateInit: 0.01, normEps: 1e-20}
-    if (cfg.dModel % cfg.heads !== 0) throw new UsageError(`--d-model ${cfg.dModel} must be divisible by --heads ${cfg.heads}`)
+    const batch = flags.batch ?? 64
+    const cfg: ModelConfig = {
+      arch: 'mhc',
+      vocabSize: 256,
+      seqLen: flags['seq-len'] ?? 8,
+      layers: flags.layers ?? 16,
+      dModel: flags['d-model'] ?? 32,
+      heads: flags.heads ?? 1,
+      mlpRatio: flags['mlp-ratio'] ?? 1,
+      expansion: flags.expansion ?? 4,
+      sinkhornIters: 20,
+      gateInit: 0.01,
+      normEps: 1e-20,
+    }
+    if (cfg.dModel % cfg.heads !== 0)
+      throw new UsageError(`--d-model ${cfg.dModel} must be divisible by --heads ${cfg.heads}`)
     if (cfg.expansion < 2) throw new UsageError('--expansion must be at least 2 for an mHC model')
-    const backend = await this.chooseBackend(flags.backend)
-    assertFits({...cfg, params: parameterCount(cfg), batch: flags.batch, recomputeBlock: 0}, backend.backend)
+    const engines = await this.openEngines(flags.backend)
+    assertFits({...cfg, params: parameterCount(cfg), batch, recomputeBlock: 0}, engines.report.backend)
     const L = numConnections(cfg)
-    this.logToStderr(`calibrating on a one-block model, then measuring L_r = 1..${L} on ${cfg.layers} blocks (${L} layers), n = ${cfg.expansion}, C = ${cfg.dModel}, ${flags.batch}×${cfg.seqLen} tokens`)
-    const model = await calibrate(cfg, flags.batch)
-    const measured = await measurePeaks(cfg, flags.batch, Array.from({length: L}, (_, i) => i + 1))
-    const rows = measured.map((p) => ({Lr: p.Lr, measured: p.peakBytes, modelled: predictPeak(model, cfg, p.Lr), relError: (predictPeak(model, cfg, p.Lr) - p.peakBytes) / p.peakBytes}))
-    const argmin = (xs: number[]) => xs.map((v, i) => ({v, Lr: i + 1})).filter((p) => p.v <= Math.min(...xs) * (1 + 1e-3)).map((p) => p.Lr)
+    this.logToStderr(
+      `calibrating on a one-block model, then measuring L_r = 1..${L} on ${cfg.layers} blocks (${L} layers), n = ${cfg.expansion}, C = ${cfg.dModel}, ${batch}×${cfg.seqLen} tokens`,
+    )
+    const model = await calibrate(engines, cfg, batch)
+    const measured = await measurePeaks(
+      engines,
+      cfg,
+      batch,
+      Array.from({length: L}, (_, i) => i + 1),
+    )
+    const rows = measured.map((p) => ({
+      recomputeBlock: p.recomputeBlock,
+      measured: p.peakBytes,
+      modelled: predictPeak(model, cfg, p.recomputeBlock),
+      relError: (predictPeak(model, cfg, p.recomputeBlock) - p.peakBytes) / p.peakBytes,
+    }))
+    const argmin = (xs: number[]) =>
+      xs
+        .map((v, i) => ({v, Lr: i + 1}))
+        .filter((p) => p.v <= Math.min(...xs) * (1 + 1e-3))
+        .map((p) => p.Lr)
     const measuredBest = argmin(rows.map((r) => r.measured))
     const modelledBest = argmin(rows.map((r) => r.modelled))
     const maxErr = Math.max(...rows.map((r) => Math.abs(r.relError)))
-    this.log(table(['L_r', 'measured MiB', 'modelled MiB', 'error', ''], rows.map((r) => [r.Lr, (r.measured / MiB).toFixed(2), (r.modelled / MiB).toFixed(2),
-      `${(100 * r.relError).toFixed(1)}%`, [measuredBest.includes(r.Lr) ? 'measured min' : '', modelledBest.includes(r.Lr) ? 'modelled min' : ''].filter(Boolean).join(', ')])))
-    this.log(chart('peak memory above the weights (MiB) against L_r', [rows.map((r) => r.measured / MiB), rows.map((r) => r.modelled / MiB)], ['measured', 'modelled'], {digits: 1}))
+    this.log(
+      table(
+        ['L_r', 'measured MiB', 'modelled MiB', 'error', ''],
+        rows.map((r) => [
+          r.recomputeBlock,
+          (r.measured / MiB).toFixed(2),
+          (r.modelled / MiB).toFixed(2),
+          `${(100 * r.relError).toFixed(1)}%`,
+          [
+            measuredBest.includes(r.recomputeBlock) ? 'measured min' : '',
+            modelledBest.includes(r.recomputeBlock) ? 'modelled min' : '',
+          ]
+            .filter(Boolean)
+            .join(', '),
+        ]),
+      ),
+    )
+    this.log(
+      chart(
+        'peak memory above the weights (MiB) against L_r',
+        [rows.map((r) => r.measured / MiB), rows.map((r) => r.modelled / MiB)],
+        ['measured', 'modelled'],
+        {digits: 1},
+      ),
+    )
     const agree = measuredBest.some((l) => modelledBest.includes(l))
-    this.log(`measured optimum L_r = ${measuredBest.join(' or ')}; modelled ${modelledBest.join(' or ')} (${agree ? 'agree' : 'DISAGREE'}); largest error ${(100 * maxErr).toFixed(1)}%`)
-    this.log(`model: ${(model.storedPerBlock / MiB).toFixed(3)} MiB kept per block, ${(model.perLayer / MiB).toFixed(3)} MiB per recomputed layer, calibrated on one block (ties within 0.1% count as ties)`)
+    this.log(
+      `measured optimum L_r = ${measuredBest.join(' or ')}; modelled ${modelledBest.join(' or ')} (${agree ? 'agree' : 'DISAGREE'}); largest error ${(100 * maxErr).toFixed(1)}%`,
+    )
+    this.log(
+      `model: ${(model.storedPerBlock / MiB).toFixed(3)} MiB kept per block, ${(model.perLayer / MiB).toFixed(3)} MiB per recomputed layer, calibrated on one block (ties within 0.1% count as ties)`,
+    )
     if (flags.chart) {
-      await writeLineChartSvg(flags.chart, {title: `Peak memory against the recompute block L_r (${cfg.layers} blocks, n = ${cfg.expansion}, C = ${cfg.dModel}, ${backend.backend})`,
-        xTitle: 'L_r (layers per recompute block)', yTitle: 'MiB above the weights',
-        series: [{name: 'measured (tf.profile peakBytes)', x: rows.map((r) => r.Lr), y: rows.map((r) => r.measured / MiB)}, {name: 'modelled', x: rows.map((r) => r.Lr), y: rows.map((r) => r.modelled / MiB)}]})
+      await writeLineChartSvg(flags.chart, {
+        title: `Peak memory against the recompute block L_r (${cfg.layers} blocks, n = ${cfg.expansion}, C = ${cfg.dModel}, ${engines.report.backend})`,
+        xTitle: 'L_r (layers per recompute block)',
+        yTitle: 'MiB above the weights',
+        series: [
+          {
+            name: 'measured (tf.profile peakBytes)',
+            x: rows.map((r) => r.recomputeBlock),
+            y: rows.map((r) => r.measured / MiB),
+          },
+          {name: 'modelled', x: rows.map((r) => r.recomputeBlock), y: rows.map((r) => r.modelled / MiB)},
+        ],
+      })
       this.logToStderr(`chart written to ${flags.chart}`)
     }
-    return {backend: backendJson(backend), model: cfg, batch: flags.batch, calibration: model, rows, measuredOptimum: measuredBest, modelledOptimum: modelledBest, optimaAgree: agree, maxRelError: maxErr}
+
+    return {
+      backend: backendJson(engines.report),
+      model: cfg,
+      batch,
+      calibration: model,
+      rows,
+      measuredOptimum: measuredBest,
+      modelledOptimum: modelledBest,
+      optimaAgree: agree,
+      maxRelError: maxErr,
+    }
   }
 }

@@ -5,8 +5,36 @@
  */
 export class InputError extends Error {
   constructor(message: string) {
-    const line = message.replace(/[\r\n]+/g, ' ')
+    const line = message.replaceAll(/[\r\n]+/g, ' ')
     super(line.length > 500 ? `${line.slice(0, 500)}… (${line.length - 500} more characters)` : line)
     this.name = new.target.name
+  }
+}
+
+/** Where a non-finite step started. `layer` is the connection index l (blocks.b.attn = 2b, blocks.b.mlp = 2b+1); null for the embedding or the head. */
+export interface NonFiniteOrigin {
+  pass: 'forward' | 'backward'
+  layer: number | null
+  where: string
+}
+
+export interface NonFiniteEvent {
+  step: number
+  loss: number
+  gradNorm: number
+  origin: NonFiniteOrigin
+  action: 'stop' | 'skip' | 'rollback' // what was done about it (the --on-nonfinite policy)
+  restoredStep?: number // rollback: the step of the state restored
+  lrScale?: number // rollback: the lr scale from now on
+}
+
+/** Training diverged and the policy says stop: exit 3. */
+export class NonFiniteError extends Error {
+  constructor(
+    message: string,
+    readonly event?: NonFiniteEvent,
+  ) {
+    super(message)
+    this.name = 'NonFiniteError'
   }
 }

@@ -10,7 +10,7 @@ export class Rng {
 
   /** Uniform uint32. */
   nextU32(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0
+    this.state = (this.state + 0x6d_2b_79_f5) >>> 0
     let t = this.state
     t = Math.imul(t ^ (t >>> 15), t | 1)
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
@@ -19,7 +19,7 @@ export class Rng {
 
   /** Uniform in [0, 1). */
   uniform(): number {
-    return this.nextU32() / 4294967296
+    return this.nextU32() / 4_294_967_296
   }
 
   /** Integer in [0, n). */
@@ -34,6 +34,7 @@ export class Rng {
       this.spare = undefined
       return s
     }
+
     const u = 1 - this.uniform()
     const v = this.uniform()
     const r = Math.sqrt(-2 * Math.log(u))

@@ -1,0 +1,130 @@
+// Where an engine runs: the backend names, where the default choice comes from (--backend, MHC_BACKEND, the config
+// file), how the choice is reported, and how much memory a backend has. No TensorFlow.js here, so that commands can
+// declare flags and read the user's default without loading it.
+import {existsSync, readFileSync, statSync} from 'node:fs'
+import {totalmem} from 'node:os'
+
+import {InputError} from '../errors.js'
+
+export const BACKENDS = ['tensorflow', 'webgpu', 'wasm', 'cpu'] as const
+export type BackendName = (typeof BACKENDS)[number]
+export type BackendChoice = 'auto' | BackendName
+export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', ...BACKENDS]
+
+/** Where the backend choice came from, highest precedence first. */
+export type ChoiceSource = 'flag' | 'env' | 'config' | 'default'
+export interface ResolvedChoice {
+  choice: BackendChoice
+  source: ChoiceSource
+  where?: string
+}
+
+export const BACKEND_ENV = 'MHC_BACKEND'
+export const CONFIG_ENV = 'MHC_CONFIG'
+/** Keys a user config file may hold (everything else is a typo, and a typo is bad input). */
+const CONFIG_KEYS = ['backend']
+
+function parseChoice(v: unknown, where: string): BackendChoice {
+  if (typeof v !== 'string' || !(BACKEND_CHOICES as readonly string[]).includes(v)) {
+    throw new InputError(`${where}: backend ${JSON.stringify(v)} is not one of ${BACKEND_CHOICES.join(', ')}`)
+  }
+
+  return v as BackendChoice
+}
+
+/**
+ * The user's defaults file: $MHC_CONFIG, else <configDir>/config.json (oclif's configDir, ~/.config/mhc). A JSON
+ * object such as {"backend": "wasm"}. A missing default file is no error; a named file that is missing, or any file
+ * that does not parse, is.
+ */
+export function readUserConfig(
+  configDir: string | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+): {path?: string; backend?: BackendChoice} {
+  const named = env[CONFIG_ENV]
+  const path = named || (configDir ? `${configDir}/config.json` : undefined)
+  if (!path) return {}
+  if (!existsSync(path)) {
+    if (named) throw new InputError(`${CONFIG_ENV}=${named}: no such file`)
+    return {}
+  }
+
+  if (!statSync(path).isFile()) throw new InputError(`${path}: the config file is not a regular file`)
+  let cfg: unknown
+  try {
+    cfg = JSON.parse(readFileSync(path, 'utf8'))
+  } catch (error) {
+    throw new InputError(`${path}: not valid JSON (${(error as Error).message})`)
+  }
+
+  if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg))
+    throw new InputError(`${path}: expected a JSON object such as {"backend": "wasm"}`)
+  const unknown = Object.keys(cfg).filter((k) => !CONFIG_KEYS.includes(k))
+  if (unknown.length > 0)
+    throw new InputError(`${path}: unknown key ${JSON.stringify(unknown[0])} (known: ${CONFIG_KEYS.join(', ')})`)
+  const {backend} = cfg as {backend?: unknown}
+  return {path, backend: backend === undefined ? undefined : parseChoice(backend, path)}
+}
+
+/** --backend if given, else $MHC_BACKEND, else the config file's `backend`, else auto. */
+export function resolveBackendChoice(
+  flag: string | undefined,
+  configDir?: string,
+  env: NodeJS.ProcessEnv = process.env,
+): ResolvedChoice {
+  if (flag !== undefined) return {choice: parseChoice(flag, '--backend'), source: 'flag'}
+  const fromEnv = env[BACKEND_ENV]
+  if (fromEnv !== undefined && fromEnv !== '')
+    return {choice: parseChoice(fromEnv, BACKEND_ENV), source: 'env', where: BACKEND_ENV}
+  const cfg = readUserConfig(configDir, env)
+  if (cfg.backend) return {choice: cfg.backend, source: 'config', where: cfg.path}
+  return {choice: 'auto', source: 'default'}
+}
+
+export interface BackendAttempt {
+  backend: BackendName
+  ok: boolean
+  reason?: string
+}
+export interface BackendReport {
+  backend: BackendName
+  requested: BackendChoice
+  source: ChoiceSource
+  attempts: BackendAttempt[]
+}
+
+/** One line: the backend, how it was chosen, and why the candidates before it were skipped. */
+export function describeBackend(r: BackendReport): string {
+  const how =
+    r.requested === 'auto'
+      ? 'auto'
+      : r.source === 'env'
+        ? 'from MHC_BACKEND'
+        : r.source === 'config'
+          ? 'from the config file'
+          : ''
+  const skipped = r.attempts.filter((a) => !a.ok).map((a) => `${a.backend} unavailable: ${a.reason}`)
+  return `backend: ${r.backend}${how ? ` (${how})` : ''}${skipped.length > 0 ? ` [${skipped.join('; ')}]` : ''}`
+}
+
+/** The backend as --json reports it. */
+export function backendJson(r: BackendReport) {
+  return {
+    name: r.backend,
+    requested: r.requested,
+    source: r.source,
+    skipped: r.attempts.filter((a) => !a.ok).map((a) => ({backend: a.backend, reason: a.reason})),
+  }
+}
+
+/** The most memory a backend can use: wasm32's 4 GiB heap, else this machine's (or its cgroup's) memory. */
+export function memoryBudget(backend: BackendName): {bytes: number; what: string} {
+  if (backend === 'wasm') return {bytes: 4 * 2 ** 30, what: "the wasm backend's heap holds at most 4 GiB"}
+  const constrained = (process as {constrainedMemory?: () => number | undefined}).constrainedMemory?.()
+  const total = totalmem()
+  const bytes = constrained && constrained > 0 && constrained < total ? constrained : total
+  return {
+    bytes,
+    what: `this machine has ${(bytes / 2 ** 30).toFixed(1)} GiB of memory${bytes < total ? ' (its cgroup limit)' : ''}`,
+  }
+}

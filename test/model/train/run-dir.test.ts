@@ -1,0 +1,47 @@
+import assert from 'node:assert/strict'
+import {spawnSync} from 'node:child_process'
+import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {hostname, tmpdir} from 'node:os'
+import {join} from 'node:path'
+// The run directory's lock: one writer, a named holder, stale locks taken over.
+import {after, before, describe, it} from 'node:test'
+
+import {acquireRunLock, assertUnlocked, LOCK_FILE, lockHolder} from '../../../src/model/train/run-dir.js'
+
+let root = ''
+before(() => {
+  root = mkdtempSync(join(tmpdir(), 'mhc-lock-'))
+})
+after(() => rmSync(root, {recursive: true, force: true}))
+let counter = 0
+const tmpPath = (name: string) => join(root, `${name}-${++counter}`)
+
+describe('a run directory has one writer', () => {
+  it('acquire, refuse while held (naming the PID), release; a stale lock from a dead process is taken over', () => {
+    const dir = tmpPath('lock')
+    mkdirSync(dir)
+    const release = acquireRunLock(dir, 'test')
+    assert.equal(JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8')).pid, process.pid)
+    assert.equal(lockHolder(dir), undefined, 'a process never waits for itself')
+    release()
+    assert.equal(existsSync(join(dir, LOCK_FILE)), false)
+    // A live holder: another process (this test's parent is alive for sure).
+    writeFileSync(
+      join(dir, LOCK_FILE),
+      JSON.stringify({pid: process.ppid, host: hostname(), started: '2026-01-01T00:00:00Z'}),
+    )
+    assert.throws(() => assertUnlocked(dir), new RegExp(`in use by another mhc process \\(PID ${process.ppid}`))
+    assert.throws(() => acquireRunLock(dir), new RegExp(`PID ${process.ppid}`))
+    // A dead holder: a child that has exited.
+    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], {encoding: 'utf8'})
+    writeFileSync(
+      join(dir, LOCK_FILE),
+      JSON.stringify({pid: Number(dead.stdout), host: hostname(), started: '2026-01-01T00:00:00Z'}),
+    )
+    assertUnlocked(dir)
+    const again = acquireRunLock(dir)
+    assert.equal(JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8')).pid, process.pid)
+    again()
+    assert.deepEqual(readdirSync(dir), [], 'no lock or temp file left')
+  })
+})

@@ -1,0 +1,84 @@
+import assert from 'node:assert/strict'
+// The measured side of the memory model on a small model: what the model assumes is kept per block, and its
+// prediction against peaks measured through the tfjs engine.
+import {before, test} from 'node:test'
+
+import {ModelConfig} from '../../../src/model/config.js'
+import {type Engines, openEngines} from '../../../src/model/engines/index.js'
+import {tf} from '../../../src/model/engines/tfjs/backend.js'
+import {initParams, loss} from '../../../src/model/engines/tfjs/network.js'
+import {Rng} from '../../../src/model/rng.js'
+import {calibrate, measurePeaks, predictPeak, storedBlockBytes} from '../../../src/profile/measure/memory.js'
+
+let engines: Engines
+before(async () => {
+  engines = await openEngines({choice: 'wasm', source: 'flag'})
+})
+
+const small = (o: Partial<ModelConfig> = {}): ModelConfig => ({
+  arch: 'mhc',
+  vocabSize: 256,
+  seqLen: 8,
+  layers: 6,
+  dModel: 16,
+  heads: 1,
+  mlpRatio: 1,
+  expansion: 8,
+  sinkhornIters: 20,
+  gateInit: 0.01,
+  normEps: 1e-20,
+  ...o,
+})
+
+test('what the model assumes a recompute block keeps (2 × n·C float32 per token) is what tfjs keeps after the forward pass', () => {
+  const cfg = small()
+  const B = 16
+  const p = initParams(cfg, 1)
+  const rng = new Rng(3)
+  const tok = () =>
+    tf.tensor2d(
+      Int32Array.from({length: B * cfg.seqLen}, () => rng.int(256)),
+      [B, cfg.seqLen],
+      'int32',
+    )
+  const [x, y] = [tok(), tok()]
+  const keptAfterForward = (Lr: number) => {
+    const before = tf.memory().numBytes
+    let after = 0
+    tf.tidy(() => {
+      tf.variableGrads(() => {
+        const l = loss(p, cfg, x, y, Lr)
+        after = tf.memory().numBytes
+        return l
+      }, Object.values(p))
+    })
+    return after - before
+  }
+
+  // 12 layers: L_r = 1 keeps 12 blocks, L_r = 12 keeps one; the difference is 11 blocks' worth.
+  const perBlock = (keptAfterForward(1) - keptAfterForward(12)) / 11
+  assert.ok(
+    Math.abs(perBlock - storedBlockBytes(cfg, B)) / storedBlockBytes(cfg, B) < 0.02,
+    `${perBlock} vs ${storedBlockBytes(cfg, B)}`,
+  )
+  tf.dispose([x, y, ...Object.values(p)])
+})
+
+test('measured peaks: the model calibrated on one block predicts a 6-block model within 15% and finds its optimum', async () => {
+  const cfg = small()
+  const B = 16
+  const m = await calibrate(engines, cfg, B)
+  const Lrs = Array.from({length: 12}, (_, i) => i + 1)
+  const measured = await measurePeaks(engines, cfg, B, Lrs)
+  for (const p of measured) {
+    const err = Math.abs(predictPeak(m, cfg, p.recomputeBlock) - p.peakBytes) / p.peakBytes
+    assert.ok(
+      err < 0.15,
+      `L_r=${p.recomputeBlock}: predicted ${predictPeak(m, cfg, p.recomputeBlock)} measured ${p.peakBytes}`,
+    )
+  }
+
+  const best = (xs: number[]) => xs.indexOf(Math.min(...xs)) + 1
+  assert.equal(best(measured.map((p) => p.peakBytes)), best(Lrs.map((l) => predictPeak(m, cfg, l))))
+  assert.ok(measured[0].peakBytes < measured[11].peakBytes, 'recompute lowers the peak here')
+})
