@@ -1,7 +1,7 @@
-import {mkdirSync, writeFileSync} from 'node:fs'
 // Benchmark (not a test): training throughput (tokens/s) of baseline, HC and mHC for a preset on this machine.
 // Usage: node --import tsx bench/throughput.ts [--preset small] [--backend wasm] [--steps 30] [--warmup 5] [--out FILE] [--data FILE]
 // Writes a JSON result (with the command, machine and per-step times) and prints a table.
+import {mkdirSync, writeFileSync} from 'node:fs'
 import {cpus, totalmem} from 'node:os'
 import {dirname} from 'node:path'
 import {parseArgs} from 'node:util'

@@ -1,9 +1,9 @@
+// The architecture as rules a change can break (ARCHITECTURE.md): no import cycles, layers that only import
+// downwards, TensorFlow.js only inside the tfjs engine, and commands that need no engine start without it.
 import assert from 'node:assert/strict'
 import {mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {dirname, join, relative, resolve} from 'node:path'
-// The architecture as rules a change can break (ARCHITECTURE.md): no import cycles, layers that only import
-// downwards, TensorFlow.js only inside the tfjs engine, and commands that need no engine start without it.
 import {after, before, describe, it} from 'node:test'
 import {pathToFileURL} from 'node:url'
 

@@ -157,9 +157,22 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
 
     // A run trained here without --out lives in a temporary directory that goes when the check is done.
     const temporary = flags.train && !flags.out
+    // A cancelled CI job sends SIGINT or SIGTERM: the temporary run goes too, and the exit code says "interrupted".
+    const onSignal = (sig: NodeJS.Signals) => {
+      if (temporary) rmSync(runDir, {recursive: true, force: true})
+      process.stderr.write(`${sig}: check interrupted${temporary ? `; removed ${runDir}` : ''}\n`)
+      process.removeListener('SIGINT', onSignal)
+      process.removeListener('SIGTERM', onSignal)
+      process.kill(process.pid, sig) // the default action now: ends as the signal says (a shell shows 130 or 143)
+    }
+
+    process.once('SIGINT', onSignal)
+    process.once('SIGTERM', onSignal)
     try {
       return await this.check(flags, runDir, t0, corpus, toTrain, temporary)
     } finally {
+      process.removeListener('SIGINT', onSignal)
+      process.removeListener('SIGTERM', onSignal)
       if (temporary) rmSync(runDir, {recursive: true, force: true})
     }
   }
@@ -176,10 +189,14 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
     if (toTrain) await this.train(engines, toTrain, corpus!, runDir, flags.preset)
 
     const {steps, tornLastLine} = readStepRecords(join(runDir, METRICS_FILE))
+    const notes: string[] = []
     if (tornLastLine)
-      this.logToStderr(
-        `note: the last line of ${join(runDir, METRICS_FILE)} is incomplete (a run killed mid-write) and was skipped`,
+      notes.push(
+        `the last line of ${join(runDir, METRICS_FILE)} is incomplete (a run killed mid-write) and was skipped`,
       )
+    for (const note of notes) this.logToStderr(`note: ${note}`)
+    if (steps.length === 0 && !toTrain)
+      throw new UsageError(`${join(runDir, METRICS_FILE)} holds no step records: nothing to check`)
     // A run that saved no complete checkpoint (it diverged first) fails the weight and gain rules; a corrupt one is bad input.
     const saved = completeCheckpoints(runDir).length > 0
     const data: CheckpointData | undefined = saved ? readCheckpoint(runDir, {allowNonFinite: true}) : undefined
@@ -257,6 +274,7 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
       arch: data?.manifest.model.arch ?? toTrain?.model.arch,
       checkpoint: data?.dir,
       pass: failed.length === 0,
+      notes,
       rules: results,
       thresholds,
     }

@@ -18,6 +18,7 @@ import {
 } from '../cli/flags.js'
 import {chart, table} from '../cli/render.js'
 import {writeLineChartSvg} from '../cli/svg.js'
+import {backendJson} from '../model/engines/backends.js'
 import {HARDWARE, Hardware, HARDWARE_NAMES} from '../profile/cost-models/kernels.js'
 import {asciiTimeline, checkDualPipe, ScheduleError, ScheduleName, SCHEDULES} from '../profile/cost-models/pipeline.js'
 import {activeParams, PAPER_MODEL_NAMES, PAPER_MODELS, PaperModel} from '../profile/cost-models/presets.js'
@@ -232,9 +233,10 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
     const sweep = usage(() => sweepExpansion(cfg, sweepNs))
 
     let measure: MeasureResult | undefined
+    let backend: ReturnType<typeof backendJson> | null = null
     if (flags.measure) {
-      // A tfjs micro-benchmark: it needs the backend, not a model, so it asks for no engine.
-      await this.openEngines(flags.backend)
+      // A tfjs micro-benchmark: it needs the backend, not a model, so it builds no engine.
+      backend = backendJson((await this.openEngines(flags.backend)).report)
       const {measureApplyPath} = await import('../profile/measure/apply-path.js')
       measure = await measureApplyPath(
         {
@@ -489,6 +491,7 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
     }
 
     return {
+      backend,
       preset: flags.preset,
       model,
       config: cfg,

@@ -52,7 +52,11 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
     backend: backendFlag(),
     ...MODEL_FLAGS,
     ...TRAIN_FLAGS,
-    progress: Flags.boolean({description: 'show a progress bar on stderr', default: true, allowNo: true}),
+    progress: Flags.boolean({
+      description: 'show a progress bar on stderr (never under --json)',
+      default: true,
+      allowNo: true,
+    }),
   }
 
   async run() {
@@ -140,7 +144,7 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
       }
 
       return await this.train(
-        flags.progress,
+        flags.progress && !this.jsonEnabled(),
         {model, train, corpus, outDir, engine, resume: ck},
         {backend, params: nParams},
       )

@@ -1,5 +1,5 @@
-import assert from 'node:assert/strict'
 // Shared command behaviour: the exit-code table and output-path checks.
+import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
 
 import {EXIT, exitCodeFor, UsageError} from '../../src/cli/base.js'

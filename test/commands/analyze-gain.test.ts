@@ -1,8 +1,8 @@
+// mhc analyze-gain on the committed fixtures (fixtures/regenerate.sh): what the paper shows, gates, bad input.
 import assert from 'node:assert/strict'
 import {cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-// mhc analyze-gain on the committed fixtures (fixtures/regenerate.sh): what the paper shows, gates, bad input.
 import {after, before, describe, it} from 'node:test'
 import {fileURLToPath} from 'node:url'
 

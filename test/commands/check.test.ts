@@ -1,10 +1,10 @@
+// mhc check end to end. The first pair is the project's smoke test of the paper's claim: with the same config and seed,
+// an HC run trained without gradient clipping fails the stability gate and the mHC run passes.
 import {XMLParser, XMLValidator} from 'fast-xml-parser'
 import assert from 'node:assert/strict'
 import {cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-// mhc check end to end. The first pair is the project's smoke test of the paper's claim: with the same config and seed,
-// an HC run trained without gradient clipping fails the stability gate and the mHC run passes.
 import {after, before, describe, it} from 'node:test'
 import {fileURLToPath} from 'node:url'
 

@@ -1,18 +1,17 @@
-import assert from 'node:assert/strict'
-import {spawn} from 'node:child_process'
-import {existsSync, mkdtempSync, readdirSync, readFileSync, rmSync} from 'node:fs'
-import {tmpdir} from 'node:os'
-import {join} from 'node:path'
 // What a CI job relies on: silent backend probing, a default backend without a flag, one exit-code table, a run
 // directory that two processes cannot share, sizes refused before allocation, pseudo-filesystems refused.
+import assert from 'node:assert/strict'
+import {spawn} from 'node:child_process'
+import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync} from 'node:fs'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
 import {assertWritableDir} from '../../src/cli/base.js'
 import {memoryBudget} from '../../src/model/engines/backends.js'
 import {probeWebgpu} from '../../src/model/engines/webgpu-probe.js'
 import {LOCK_FILE} from '../../src/model/train/run-dir.js'
-import {trainingMemoryEstimate} from '../../src/profile/cost-models/memory.js'
-import {repo, runCli, showRun} from '../helpers.js'
+import {repo, runCli, showRun, startCli} from '../helpers.js'
 
 let root = ''
 before(() => {
@@ -34,8 +33,8 @@ describe('backend choice and probing', () => {
       assert.equal(probe.ok, false, 'a software Vulkan driver is not a GPU')
       const out = tmpPath('lvp')
       const r = await runCli(
-        ['train', '--preset', 'tiny', '--steps', '1', '--eval-windows', '2', '--no-progress', '--out', out, '--json'],
-        {env: {MHC_BACKEND: undefined, XDG_RUNTIME_DIR: undefined}},
+        ['train', '--preset', 'tiny', '--steps', '1', '--eval-windows', '2', '--out', out, '--json'],
+        {env: {MHC_BACKEND: undefined, MHC_NO_TFJS_NODE: undefined, XDG_RUNTIME_DIR: undefined}},
       )
       assert.equal(r.status, 0, showRun(r))
       assert.equal(r.stderr, '', 'no native Dawn or Vulkan line')
@@ -133,48 +132,33 @@ describe('a run directory has one writer', () => {
 })
 
 describe('resources and paths', () => {
-  it('a model that cannot fit is refused before allocation, with the estimate, and leaves no run directory', async () => {
-    const est = trainingMemoryEstimate({
-      arch: 'mhc',
-      layers: 8,
-      dModel: 8192,
-      heads: 8,
-      seqLen: 32,
-      mlpRatio: 4,
-      expansion: 4,
-      vocabSize: 256,
-      params: 6.46e9,
-      batch: 8,
-      recomputeBlock: 0,
+  it('a model that cannot fit is refused before allocation, with the estimate and the largest --batch that fits; nothing is left behind', async () => {
+    assert.equal(memoryBudget('wasm').bytes, 4 * 2 ** 30 - 65_536)
+    const cwd = tmpPath('cwd')
+    mkdirSync(cwd)
+    // The medium preset (batch 32) needs about 8 GiB in the tfjs engine: on wasm that used to end in Aborted().
+    const r = await runCli(['train', '--preset', 'medium', '--steps', '1', '--no-progress'], {
+      cwd,
+      env: {MHC_BACKEND: 'wasm'},
     })
-    assert.ok(est.state === 16 * 6.46e9 && est.bytes > est.state)
-    assert.equal(memoryBudget('wasm').bytes, 4 * 2 ** 30)
-    const out = tmpPath('huge')
-    const r = await runCli(
+    assert.equal(r.status, 2, showRun(r))
+    const m =
+      /^Error: this model does not fit: training needs about ([\d.]+) GiB .* the wasm backend's heap holds at most 4 GiB; --batch (\d+) would fit/m.exec(
+        r.stderr,
+      )
+    assert.ok(m, showRun(r))
+    assert.ok(Number(m[1]) > 6, `estimate ${m[1]} GiB`)
+    assert.ok(Number(m[2]) >= 8 && Number(m[2]) < 16, `suggested --batch ${m[2]} (16 and more abort, 8 fits)`)
+    assert.deepEqual(readdirSync(cwd), [], 'no runs/ left in the working directory')
+    // Absurd sizes too, whatever --out says.
+    const out = join(tmpPath('deep'), 'a', 'b')
+    const huge = await runCli(
       ['train', '--preset', 'tiny', '--d-model', '8192', '--heads', '8', '--layers', '8', '--steps', '1', '--out', out],
       {env: {MHC_BACKEND: 'wasm'}},
     )
-    assert.equal(r.status, 2, showRun(r))
-    assert.match(
-      r.stderr,
-      /^Error: this model does not fit: training needs about \d+(\.\d+)? GiB .* the wasm backend's heap holds at most 4 GiB/m,
-    )
-    assert.equal(existsSync(out), false)
-    // Small models are far from the bound.
-    const small = trainingMemoryEstimate({
-      arch: 'mhc',
-      layers: 4,
-      dModel: 128,
-      heads: 4,
-      seqLen: 64,
-      mlpRatio: 4,
-      expansion: 4,
-      vocabSize: 256,
-      params: 1e6,
-      batch: 16,
-      recomputeBlock: 0,
-    })
-    assert.ok(small.bytes < 2 ** 30, `small preset estimate ${small.bytes}`)
+    assert.equal(huge.status, 2, showRun(huge))
+    assert.match(huge.stderr, /^Error: this model does not fit: training needs about \d+(\.\d+)? GiB/m)
+    assert.equal(existsSync(join(out, '..', '..')), false)
   })
 
   it('--out, --csv, --junit under /proc or /sys are refused at once', async () => {
@@ -191,5 +175,27 @@ describe('resources and paths', () => {
     assert.ok(Date.now() - t0 < 30_000)
     const c = await runCli(['check', join(repo, 'fixtures', 'mhc'), '--junit', '/sys/mhc.xml'])
     assert.equal(c.status, 2, showRun(c))
+  })
+})
+
+describe('check --train cleans up after itself', () => {
+  it('SIGTERM (a cancelled CI job) removes the temporary run and ends as the signal says', async () => {
+    const tmp = tmpPath('tmpdir')
+    mkdirSync(tmp)
+    const run = startCli(['check', '--train', '--steps', '100000', '--json'], {env: {TMPDIR: tmp}})
+    const t0 = Date.now()
+    const runDirs = () => readdirSync(tmp).filter((f) => f.startsWith('mhc-check-'))
+    while (!runDirs().some((d) => existsSync(join(tmp, d, 'metrics.jsonl'))) && Date.now() - t0 < 60_000) {
+      await new Promise((r) => {
+        setTimeout(r, 100)
+      })
+    }
+
+    assert.equal(runDirs().length, 1, 'training into a temporary run')
+    run.child.kill('SIGTERM')
+    const r = await run.done
+    assert.equal(r.signal, 'SIGTERM', showRun(r))
+    assert.deepEqual(runDirs(), [], 'the temporary run is gone')
+    assert.match(r.stderr, /SIGTERM: check interrupted; removed /)
   })
 })

@@ -1,8 +1,8 @@
+// mhc profile-time end to end (spawned, for real exit codes); the model itself: test/profile/cost-models/time.test.ts.
 import assert from 'node:assert/strict'
 import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-// mhc profile-time end to end (spawned, for real exit codes); the model itself: test/profile/cost-models/time.test.ts.
 import {describe, it} from 'node:test'
 
 import {runCli} from '../helpers.js'
@@ -18,6 +18,7 @@ describe('mhc profile-time (CLI)', {concurrency: true}, () => {
       assert.equal(r.status, 0, r.stderr)
       const j = JSON.parse(r.stdout)
       assert.equal(j.preset, 'paper-27b')
+      assert.equal(j.backend, null, 'no engine without --measure, and the key is there to say so')
       assert.ok(Math.abs(j.headline.overhead - 0.067) <= 0.02, `headline ${j.headline.overhead}`)
       assert.deepEqual(
         j.scenarios.map((s: any) => s.id),

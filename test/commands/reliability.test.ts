@@ -1,10 +1,10 @@
+// Reliability of the CLI: kill -9 at random moments (mid-save included), SIGINT/SIGTERM, resuming past an unpointed
+// checkpoint, and input checks before work. (Non-finite steps and stale temps at library level:
+// test/model/train/nonfinite.test.ts.)
 import assert from 'node:assert/strict'
 import {cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, watch} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-// Reliability of the CLI: kill -9 at random moments (mid-save included), SIGINT/SIGTERM, resuming past an unpointed
-// checkpoint, and input checks before work. (Non-finite steps and stale temps at library level:
-// test/model/train/nonfinite.test.ts.)
 import {after, before, describe, it} from 'node:test'
 
 import {ModelConfig, PRESETS, TrainConfig} from '../../src/model/config.js'
@@ -339,6 +339,16 @@ describe('new flags and output paths are checked before any work', {concurrency:
       'analyze-gain --chart that is a directory',
       ['analyze-gain', 'fixtures/mhc', '--chart', 'test'],
       /^Error: --chart test is a directory$/,
+    ],
+    [
+      'profile-time --chart naming a directory path',
+      ['profile-time', '--chart', 'nowhere.svg/'],
+      /^Error: --chart nowhere\.svg\/ is a directory$/,
+    ],
+    [
+      'analyze-gain --csv naming a directory path',
+      ['analyze-gain', 'fixtures/mhc', '--csv', 'nodir/'],
+      /^Error: --csv nodir\/ is a directory$/,
     ],
     [
       'analyze-gain --heatmap-layers with an empty entry',

@@ -2,7 +2,7 @@
 // file), how the choice is reported, and how much memory a backend has. No TensorFlow.js here, so that commands can
 // declare flags and read the user's default without loading it.
 import {existsSync, readFileSync, statSync} from 'node:fs'
-import {totalmem} from 'node:os'
+import {freemem} from 'node:os'
 
 import {InputError} from '../errors.js'
 
@@ -119,12 +119,15 @@ export function backendJson(r: BackendReport) {
 
 /** The most memory a backend can use: wasm32's 4 GiB heap, else this machine's (or its cgroup's) memory. */
 export function memoryBudget(backend: BackendName): {bytes: number; what: string} {
-  if (backend === 'wasm') return {bytes: 4 * 2 ** 30, what: "the wasm backend's heap holds at most 4 GiB"}
+  // wasm32's heap stops at 4 GiB − 64 KiB (tfjs-backend-wasm's getHeapMax); past it tfjs aborts the process.
+  if (backend === 'wasm') return {bytes: 4 * 2 ** 30 - 65_536, what: "the wasm backend's heap holds at most 4 GiB"}
+  // Elsewhere: what the machine has free now, plus what this process already holds, within its cgroup's limit.
+  const available = freemem() + process.memoryUsage().rss
   const constrained = (process as {constrainedMemory?: () => number | undefined}).constrainedMemory?.()
-  const total = totalmem()
-  const bytes = constrained && constrained > 0 && constrained < total ? constrained : total
+  const limited = constrained !== undefined && constrained > 0 && constrained < available
+  const bytes = limited ? constrained : available
   return {
     bytes,
-    what: `this machine has ${(bytes / 2 ** 30).toFixed(1)} GiB of memory${bytes < total ? ' (its cgroup limit)' : ''}`,
+    what: `this machine has ${(bytes / 2 ** 30).toFixed(1)} GiB available${limited ? ' (its cgroup limit)' : ''}`,
   }
 }

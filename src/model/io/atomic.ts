@@ -1,7 +1,20 @@
-import {randomBytes} from 'node:crypto'
 // Crash-safe file writes: a reader (or a resumed run after kill -9) sees the old file or the complete new one.
-import {closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync} from 'node:fs'
-import {dirname} from 'node:path'
+import {randomBytes} from 'node:crypto'
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  lstatSync,
+  openSync,
+  readlinkSync,
+  realpathSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs'
+import {dirname, resolve} from 'node:path'
 
 /** A fresh name beside `path` that no other writer uses. */
 export const tempName = (path: string) => `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`
@@ -33,8 +46,32 @@ export function fsyncDir(dir: string): void {
   }
 }
 
-/** Write to a temp file beside `path`, fsync, rename over `path`. */
+/** Where a write to `path` lands: through a symbolic link to its target (a link is never replaced by a file). */
+function writeTarget(path: string): string {
+  try {
+    if (!lstatSync(path).isSymbolicLink()) return path
+  } catch {
+    return path // does not exist yet
+  }
+
+  try {
+    return realpathSync(path)
+  } catch {
+    return resolve(dirname(path), readlinkSync(path)) // a dangling link: create what it points to
+  }
+}
+
+/**
+ * Write to a temp file beside `path`, fsync, rename over `path`. A path that is not a regular file (/dev/stdout, a
+ * FIFO, a device: what CI jobs name) is written to directly, never replaced.
+ */
 export function writeFileAtomic(path: string, data: Uint8Array | string): void {
+  path = writeTarget(path)
+  if (existsSync(path) && !statSync(path).isFile()) {
+    writeFileSync(path, data)
+    return
+  }
+
   const tmp = tempName(path)
   try {
     writeFileSynced(tmp, data)

@@ -138,7 +138,10 @@ export interface RunSummary {
  * behind (it created none that holds anything).
  */
 export async function runTraining(o: RunOptions): Promise<RunSummary> {
-  const created = !existsSync(o.outDir)
+  // The highest folder this call creates: a run that fails before its first step takes it (and so `runs/`, or
+  // the parents of --out a/b/run) away again.
+  let created: string | undefined
+  for (let d = resolve(o.outDir); !existsSync(d); d = dirname(d)) created = d
   mkdirSync(o.outDir, {recursive: true})
   const releaseLock = acquireRunLock(o.outDir) // one writer per run directory; fails naming the holder
   try {
@@ -148,7 +151,7 @@ export async function runTraining(o: RunOptions): Promise<RunSummary> {
     const logged = existsSync(metrics) && statSync(metrics).size > 0
     if (created && !logged && readdirSync(o.outDir).every((f) => f === LOCK_FILE || f === METRICS_FILE)) {
       releaseLock()
-      rmSync(o.outDir, {recursive: true, force: true})
+      rmSync(created, {recursive: true, force: true})
     }
 
     throw error

@@ -15,6 +15,7 @@ import {
   renameSync,
   rmSync,
   statSync,
+  utimesSync,
   writeSync,
 } from 'node:fs'
 import {hostname} from 'node:os'
@@ -253,14 +254,15 @@ export interface StepRecord {
 /**
  * The step records of a metrics.jsonl. A line that is not a JSON object, or a step record without an integer step
  * and numeric (or null: JSON has no NaN) loss and gradNorm, is bad input naming the line: a gate must never turn a
- * corrupt file into "rule failed". The one exception is the signature of a torn write (kill -9 mid-append): a last
- * line without its newline, which is skipped and counted.
+ * corrupt file into "rule failed". The one exception is the signature of a torn write (kill -9 mid-append): after
+ * whole records, a last line that begins like one (`{`) but has no newline; it is skipped and reported.
  */
 export function readStepRecords(path: string): {steps: StepRecord[]; tornLastLine: boolean} {
   if (!statSync(path).isFile()) throw new InputError(`${path}: not a regular file`)
   const lines = readFileSync(path, 'utf8').split('\n')
   const steps: StepRecord[] = []
   let tornLastLine = false
+  let records = 0
   const isNum = (v: unknown) => v === null || typeof v === 'number'
   for (const [i, line] of lines.entries()) {
     if (!line.trim()) continue
@@ -268,10 +270,10 @@ export function readStepRecords(path: string): {steps: StepRecord[]; tornLastLin
     try {
       rec = JSON.parse(line)
     } catch {
-      if (i === lines.length - 1) {
+      if (i === lines.length - 1 && records > 0 && line.startsWith('{')) {
         tornLastLine = true
         continue
-      } // no newline after it: a torn append
+      }
 
       throw new InputError(
         `${path}:${i + 1}: not a JSON record (${JSON.stringify(line.slice(0, 60))}${line.length > 60 ? '…' : ''})`,
@@ -280,6 +282,7 @@ export function readStepRecords(path: string): {steps: StepRecord[]; tornLastLin
 
     if (typeof rec !== 'object' || rec === null || Array.isArray(rec) || typeof rec.type !== 'string')
       throw new InputError(`${path}:${i + 1}: not a metrics record (no "type")`)
+    records++
     if (rec.type !== 'step') continue
     if (!Number.isSafeInteger(rec.step) || rec.step < 1 || !isNum(rec.loss) || !isNum(rec.gradNorm)) {
       throw new InputError(`${path}:${i + 1}: a step record needs an integer step and numeric loss and gradNorm`)
@@ -322,17 +325,35 @@ export function removeStaleTemps(runDir: string): string[] {
 
 // ---------------------------------------------------------------------------------------------------------------
 // One writer per run directory. Two `mhc train --out X` at once would interleave metrics and race on checkpoints, so a
-// run holds <dir>/.lock from its first write to its end. A lock whose process is gone (kill -9, a crash) is stale: the
-// next run takes it over. A lock from another host (a shared filesystem) cannot be checked and holds.
+// run holds <dir>/.lock from its first write to its end, touching it every minute. A lock is stale when its process is
+// gone (kill -9, a crash), when its PID now belongs to another process (containers reuse PIDs: the lock records the
+// process's start time), or, for a lock written on another host (a shared filesystem, a restored CI cache), when it
+// has not been touched for ten minutes. The next run takes a stale lock over.
 
 export interface LockHolder {
   pid: number
   host: string
   started: string
+  startTicks?: number
   command?: string
 }
 
 export class RunLockedError extends InputError {}
+
+const HEARTBEAT_MS = 60_000
+const OTHER_HOST_STALE_MS = 10 * 60_000
+
+/** A process's start time in clock ticks since boot (Linux /proc), or undefined where that cannot be read. */
+function startTicks(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ') // after "pid (comm) ": field 3 onwards
+    const v = Number(fields[19]) // field 22: starttime
+    return Number.isFinite(v) ? v : undefined
+  } catch {
+    return undefined
+  }
+}
 
 function readHolder(path: string): LockHolder | undefined {
   try {
@@ -345,16 +366,27 @@ function readHolder(path: string): LockHolder | undefined {
 
 /** The live process holding `dir`, if any (not this process: a process never waits for itself). */
 export function lockHolder(dir: string): LockHolder | undefined {
-  const h = readHolder(join(dir, LOCK_FILE))
+  const path = join(dir, LOCK_FILE)
+  const h = readHolder(path)
   if (!h) return undefined
-  if (h.host !== hostname()) return h // cannot tell whether it lives: assume it does
-  return h.pid !== process.pid && isAlive(h.pid) ? h : undefined
+  if (h.host !== hostname()) {
+    try {
+      return Date.now() - statSync(path).mtimeMs < OTHER_HOST_STALE_MS ? h : undefined
+    } catch {
+      return undefined
+    }
+  }
+
+  if (h.pid === process.pid || !isAlive(h.pid)) return undefined
+  const ticks = startTicks(h.pid)
+  if (h.startTicks !== undefined && ticks !== undefined && ticks !== h.startTicks) return undefined // the PID was reused
+  return h
 }
 
 const inUse = (dir: string, h: LockHolder) =>
   new RunLockedError(
     `${dir} is in use by another mhc process (PID ${h.pid}${h.host === hostname() ? '' : ` on ${h.host}`}, since ${h.started}); ` +
-      `wait for it to finish or choose another --out${h.host === hostname() ? '' : ` (remove ${join(dir, LOCK_FILE)} if that process is gone)`}`,
+      `wait for it to finish or choose another --out${h.host === hostname() ? '' : ` (the lock goes stale 10 minutes after its last heartbeat; remove ${join(dir, LOCK_FILE)} if that process is gone)`}`,
   )
 
 /** Fails (exit 2) when another live process holds `dir`: for commands that check before they start work. */
@@ -371,7 +403,13 @@ export function assertUnlocked(dir: string): void {
  */
 export function acquireRunLock(dir: string, command = process.argv.slice(2).join(' ')): () => void {
   const path = join(dir, LOCK_FILE)
-  const me: LockHolder = {pid: process.pid, host: hostname(), started: new Date().toISOString(), command}
+  const me: LockHolder = {
+    pid: process.pid,
+    host: hostname(),
+    started: new Date().toISOString(),
+    startTicks: startTicks(process.pid),
+    command,
+  }
   for (let attempt = 0; attempt < 5; attempt++) {
     try {
       const fd = openSync(path, 'wx')
@@ -381,7 +419,16 @@ export function acquireRunLock(dir: string, command = process.argv.slice(2).join
         closeSync(fd)
       }
 
+      const heartbeat = setInterval(() => {
+        try {
+          utimesSync(path, new Date(), new Date())
+        } catch {
+          /* the run directory went away: nothing to hold */
+        }
+      }, HEARTBEAT_MS)
+      heartbeat.unref()
       const release = () => {
+        clearInterval(heartbeat)
         process.removeListener('exit', release)
         const h = readHolder(path)
         if (h && h.pid === me.pid && h.started === me.started) rmSync(path, {force: true})

@@ -1,9 +1,9 @@
+// A model's input-dependent connection maps (H_pre, H_post, H_res of every layer) on a sample of text, through any
+// engine: evenly spaced windows, whole sequences, `batch` at a time, concatenated per layer.
 import type {Engine, LayerMapsData} from '../../model/engines/engine.js'
 import type {Engines} from '../../model/engines/index.js'
 import type {CheckpointData} from '../../model/io/checkpoint.js'
 
-// A model's input-dependent connection maps (H_pre, H_post, H_res of every layer) on a sample of text, through any
-// engine: evenly spaced windows, whole sequences, `batch` at a time, concatenated per layer.
 import {numConnections} from '../../model/config.js'
 import {connectionOf} from '../../model/connections/index.js'
 import {evalWindows, windowsToBatch} from '../../model/io/data.js'

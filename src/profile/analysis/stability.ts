@@ -23,7 +23,9 @@ export interface RuleResult {
   layer: number | null
   step: number | null
   direction?: 'forward' | 'backward' // gain rules: which direction was worst
-  minEntry?: number // doubly-stochastic: the smallest entry of any token's H_res (must be >= 0)
+  minEntry?: number // doubly-stochastic: the smallest entry of any token's H_res
+  /** The value as printed: also for what JSON cannot hold (a NaN or infinite gain becomes null there, "NaN" here). */
+  display: string
   detail?: string
 }
 
@@ -94,8 +96,9 @@ export const fmt = (v: number) =>
 
 export function evaluateRules(input: CheckInput, t: Thresholds): RuleResult[] {
   const out: RuleResult[] = []
-  const add = (r: Omit<RuleResult, 'layer' | 'step'> & {layer?: number | null; step?: number | null}) => {
-    if (!input.skip?.includes(r.rule)) out.push({layer: null, step: null, ...r})
+  const add = (r: Omit<RuleResult, 'layer' | 'step' | 'display'> & {layer?: number | null; step?: number | null}) => {
+    if (!input.skip?.includes(r.rule))
+      out.push({layer: null, step: null, ...r, display: r.value === null ? 'n/a' : fmt(r.value)})
   }
 
   const {steps} = input
@@ -230,14 +233,17 @@ export function evaluateRules(input: CheckInput, t: Thresholds): RuleResult[] {
 
   if (ck?.doublyStochastic) {
     const s = ck.stochasticity
-    const err = s ? Math.max(s.rowError, s.columnError) : null
+    // One number for both conditions, so that value against threshold explains the verdict: the larger of the worst
+    // |row or column sum − 1| and the magnitude of the most negative entry (doubly stochastic matrices have none).
+    const err = s ? Math.max(s.rowError, s.columnError, -s.minEntry, 0) : null
     add({
       rule: 'doubly-stochastic',
-      description: "every token's H_res has row and column sums within tolerance of 1 and no negative entry",
-      pass: s !== undefined && err! <= t.dsTolerance && s.minEntry >= 0,
+      description:
+        "every token's H_res has row and column sums within tolerance of 1 and no entry below minus the tolerance",
+      pass: err !== null && err <= t.dsTolerance,
       value: err,
       threshold: t.dsTolerance,
-      unit: 'max |row or column sum - 1|',
+      unit: 'max of |row or column sum - 1| and -(min entry)',
       layer: s ? s.layer : null,
       minEntry: s?.minEntry,
       detail: s ? `worst at layer ${s.layer}; min entry ${fmt(s.minEntry)}` : 'no maps',

@@ -1,10 +1,9 @@
-import type {ModelConfig} from '../../model/config.js'
-
-import {connectionOf} from '../../model/connections/index.js'
-
 // Memory of the n-stream residual path against the recompute block size L_r (paper §4.3.2, Table 3, Eq. 20), put in
 // the context the usual estimators give (weights, gradients, optimizer states, the rest of the activations).
 // All counts are per token in elements unless a name says bytes.
+import type {ModelConfig} from '../../model/config.js'
+
+import {connectionOf} from '../../model/connections/index.js'
 
 export type LayerUnit = 'blocks' | 'sublayers'
 
@@ -180,8 +179,11 @@ const fmtCount = (v: number) =>
   v >= 1e9 ? `${(v / 1e9).toFixed(2)}B` : v >= 1e6 ? `${(v / 1e6).toFixed(1)}M` : String(Math.round(v))
 
 // ---------------------------------------------------------------------------------------------------------------
-// This implementation's own training memory, estimated before anything is allocated (fp32 throughout), so that a
-// size that cannot fit is refused with the figure rather than ending in an out-of-bounds wasm access or an abort.
+// This implementation's own training memory (the tfjs engine, fp32), estimated before anything is allocated, so that a
+// size that cannot fit is refused with the figure rather than ending in a wasm abort or the OOM killer. TensorFlow.js
+// keeps every intermediate of the backward pass, about 8× what Korthikanti et al. count for a fused implementation,
+// so the terms are this implementation's own: bytes per unit, fitted by least squares to tf.profile peaks of one
+// training step at 27 shapes (bench/memory-estimate.ts → bench/results/memory-estimate-tfjs.json, within 14%).
 
 export interface TrainingShape extends Pick<
   ModelConfig,
@@ -194,32 +196,37 @@ export interface TrainingShape extends Pick<
 
 export interface TrainingEstimate {
   bytes: number
-  state: number
-  activations: number
-  logits: number
+  state: number // weights and what the optimiser step holds per parameter (gradients, AdamW moments, temporaries)
+  activations: number // per token: the sublayers' intermediates, the streams, the logits
+  /** Bytes one more sequence of the batch adds: what a --batch suggestion divides by. */
+  perSequence: number
+}
+
+/** Bytes per unit of the tfjs engine's peak during one training step (see above). */
+export const TFJS_MEMORY = {
+  perParam: 4 + 17.3, // the weights, plus gradients, AdamW moments and the update's temporaries
+  perTokenSublayer: {dModel: 95.6, mlpHalf: 44.4, scoresHalf: 42.4, streams: 90.9, maps: 104.7}, // × C, mlpRatio·C/2, H·T/2, n·C, n²
+  perToken: {vocab: 38.2, dModel: 273},
 }
 
 export function trainingMemoryEstimate(s: TrainingShape): TrainingEstimate {
-  const tokens = s.batch * s.seqLen
   const L = 2 * s.layers // sublayers: each has its own connection
   const conn = connectionOf(s)
+  const hyper = conn.coefficients !== 'none'
   const n = conn.streams(s)
-  const state = 16 * s.params // weights, gradients, AdamW m and v
-  // The Transformer's own activations as Korthikanti et al. count them (16-bit bytes, so ×2 for fp32), with the MLP
-  // term scaled from their 4h to this model's width, plus the residual path of the connection (Table 2 / Eq. 20).
-  const perBlock =
-    2 * transformerActivationBytes(s.seqLen, s.batch, s.dModel, s.heads, 1, 'none') * Math.max(1, s.mlpRatio / 4)
-  const path =
-    conn.coefficients === 'none'
-      ? residualPath(L, s.dModel)
-      : s.recomputeBlock > 0
-        ? mhcPath(L, n, s.dModel, Math.min(s.recomputeBlock, L))
-        : conn.coefficients === 'hc'
-          ? hcPath(L, n, s.dModel)
-          : mhcPathNoRecompute(L, n, s.dModel)
-  const activations =
-    perBlock * (s.recomputeBlock > 0 ? Math.min(s.layers, Math.ceil(s.recomputeBlock / 2)) : s.layers) +
-    4 * path.total * tokens
-  const logits = 4 * 4 * tokens * s.vocabSize // logits, log-softmax, one-hot targets, their product
-  return {bytes: state + activations + logits, state, activations, logits}
+  const c = TFJS_MEMORY.perTokenSublayer
+  const C = s.dModel
+  const perSublayer =
+    c.dModel * C +
+    (c.mlpHalf * s.mlpRatio * C) / 2 +
+    (c.scoresHalf * s.heads * s.seqLen) / 2 +
+    (hyper ? c.streams * n * C + c.maps * n * n : 0)
+  // With recompute blocks of L_r sublayers only one block's intermediates live at a time, plus every block's input
+  // (kept twice by tfjs: measure/memory.ts storedBlockBytes).
+  const Lr = Math.min(s.recomputeBlock, L)
+  const layerBytes = Lr > 0 ? perSublayer * Lr + 2 * 4 * n * C * Math.ceil(L / Lr) : perSublayer * L
+  const perToken = layerBytes + TFJS_MEMORY.perToken.vocab * s.vocabSize + TFJS_MEMORY.perToken.dModel * C
+  const state = TFJS_MEMORY.perParam * s.params
+  const activations = perToken * s.batch * s.seqLen
+  return {bytes: state + activations, state, activations, perSequence: perToken * s.seqLen}
 }

@@ -1,7 +1,7 @@
-import type {Engines} from '../../model/engines/index.js'
-
 // Measured memory against L_r: real forward+backward passes of a small model through an engine that can report its
 // peak (the tfjs engine: tf.profile peakBytes), and the Eq. 20-form model of this implementation to compare against.
+import type {Engines} from '../../model/engines/index.js'
+
 import {ModelConfig, numConnections} from '../../model/config.js'
 import {connectionOf} from '../../model/connections/index.js'
 import {initParamData, parameterCount} from '../../model/params.js'

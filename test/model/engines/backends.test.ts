@@ -1,9 +1,9 @@
+// The backend choice (flag, MHC_BACKEND, config file, auto) and the silent probe for a real GPU adapter.
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
 import {mkdirSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-// The backend choice (flag, MHC_BACKEND, config file, auto) and the silent probe for a real GPU adapter.
 import {after, before, describe, it} from 'node:test'
 import {pathToFileURL} from 'node:url'
 

@@ -1,3 +1,5 @@
+// Checkpoint save/load at library level: exact round trip, an independently parsed safetensors layout, every
+// documented failure as a one-line CheckpointError, and re-saving a step atomically.
 import assert from 'node:assert/strict'
 import {createHash} from 'node:crypto'
 import {
@@ -13,8 +15,6 @@ import {
 } from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-// Checkpoint save/load at library level: exact round trip, an independently parsed safetensors layout, every
-// documented failure as a one-line CheckpointError, and re-saving a step atomically.
 import {after, before, test} from 'node:test'
 
 import {type ModelConfig, PRESETS, type TrainConfig} from '../../../src/model/config.js'

@@ -1,12 +1,12 @@
+// Fuzzing the two readers of untrusted bytes: the safetensors decoder and the checkpoint loader. Thousands of
+// truncated, bit-flipped, oversized and mangled inputs (seeded, so a failure reproduces); each must end, well within
+// a time bound, either in a valid result or in the reader's own one-line error (never another error type, a crash or
+// a hang). Checksums are also fixed up after corrupting a file, so the parser behind them is reached too.
 import assert from 'node:assert/strict'
 import {createHash} from 'node:crypto'
 import {mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-// Fuzzing the two readers of untrusted bytes: the safetensors decoder and the checkpoint loader. Thousands of
-// truncated, bit-flipped, oversized and mangled inputs (seeded, so a failure reproduces); each must end, well within
-// a time bound, either in a valid result or in the reader's own one-line error (never another error type, a crash or
-// a hang). Checksums are also fixed up after corrupting a file, so the parser behind them is reached too.
 import {after, before, test} from 'node:test'
 
 import {ModelConfig, PRESETS, TrainConfig} from '../../../src/model/config.js'

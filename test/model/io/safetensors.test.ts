@@ -1,9 +1,9 @@
+// Tests for the safetensors reader/writer. Expected bytes and values are built independently here
+// (DataView, hand-written JSON, literal constants, arithmetic formulas) rather than via the module itself.
 import assert from 'node:assert/strict'
 import {existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-// Tests for the safetensors reader/writer. Expected bytes and values are built independently here
-// (DataView, hand-written JSON, literal constants, arithmetic formulas) rather than via the module itself.
 import {test} from 'node:test'
 
 import {

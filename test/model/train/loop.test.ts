@@ -1,8 +1,8 @@
+// The training loop: schedule, determinism, and resume = uninterrupted run.
 import assert from 'node:assert/strict'
-import {mkdtempSync, readFileSync} from 'node:fs'
+import {mkdtempSync, readdirSync, readFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-// The training loop: schedule, determinism, and resume = uninterrupted run.
 import {before, test} from 'node:test'
 
 import {ModelConfig, PRESETS, TrainConfig} from '../../../src/model/config.js'
@@ -118,4 +118,28 @@ test('the loss goes down, and a different seed gives a different run', async () 
   assert.equal(metrics.filter((m) => m.type === 'step').length, 20)
   for (const m of metrics.filter((r) => r.type === 'step'))
     for (const k of ['loss', 'gradNorm', 'lr', 'tokensPerSec']) assert.ok(Number.isFinite(m[k]), `${k} logged`)
+})
+
+test('a run that fails before its first step leaves none of the folders it created', async () => {
+  const {runTraining} = await import('../../../src/model/train/loop.js')
+  const root = mkdtempSync(join(tmpdir(), 'mhc-fail-'))
+  const out = join(root, 'a', 'b', 'run')
+  const failing = {
+    name: 'failing',
+    backend: 'none',
+    model: model('mhc'),
+    load() {},
+    async trainStep(): Promise<never> {
+      throw new Error('out of memory (simulated)')
+    },
+    loss: async () => 0,
+    maps: async () => ({hPre: [], hPost: [], hRes: [], tokens: 0}),
+    readState: async () => ({params: {}, m: {}, v: {}}),
+    dispose() {},
+  }
+  await assert.rejects(
+    runTraining({model: model('mhc'), train: train(), corpus, outDir: out, engine: failing}),
+    /out of memory \(simulated\)/,
+  )
+  assert.deepEqual(readdirSync(root), [], 'a/b/run and its parents are gone')
 })

@@ -1,9 +1,9 @@
+// Non-finite steps (stop, skip, rollback) and the leftovers of killed saves, at library level: poisoned weights make
+// NaN/Inf appear exactly where we want. (The CLI side: test/commands/reliability.test.ts.)
 import assert from 'node:assert/strict'
 import {cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-// Non-finite steps (stop, skip, rollback) and the leftovers of killed saves, at library level: poisoned weights make
-// NaN/Inf appear exactly where we want. (The CLI side: test/commands/reliability.test.ts.)
 import {after, before, describe, it} from 'node:test'
 
 import {ModelConfig, PRESETS, TrainConfig} from '../../../src/model/config.js'

@@ -1,9 +1,9 @@
+// The run directory's lock: one writer, a named holder, stale locks taken over.
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
-import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync} from 'node:fs'
 import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
-// The run directory's lock: one writer, a named holder, stale locks taken over.
 import {after, before, describe, it} from 'node:test'
 
 import {acquireRunLock, assertUnlocked, LOCK_FILE, lockHolder} from '../../../src/model/train/run-dir.js'
@@ -43,5 +43,37 @@ describe('a run directory has one writer', () => {
     assert.equal(JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8')).pid, process.pid)
     again()
     assert.deepEqual(readdirSync(dir), [], 'no lock or temp file left')
+  })
+})
+
+describe('stale locks', () => {
+  it('a PID that now belongs to another process (containers reuse PIDs) is stale: the start time does not match', () => {
+    const dir = tmpPath('reused')
+    mkdirSync(dir)
+    // The parent is alive, but it started at another time than this lock says.
+    writeFileSync(
+      join(dir, LOCK_FILE),
+      JSON.stringify({pid: process.ppid, host: hostname(), started: '2026-01-01T00:00:00Z', startTicks: 1}),
+    )
+    assert.equal(lockHolder(dir), undefined)
+    acquireRunLock(dir)()
+    // Recorded with its real start time, the same holder is live.
+    const release = acquireRunLock(dir)
+    const mine = JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8'))
+    release()
+    assert.ok(Number.isInteger(mine.startTicks), `start time recorded: ${JSON.stringify(mine)}`)
+  })
+
+  it('a lock from another host holds while it is fresh and goes stale ten minutes after its last heartbeat', () => {
+    const dir = tmpPath('other-host')
+    mkdirSync(dir)
+    const lock = join(dir, LOCK_FILE)
+    writeFileSync(lock, JSON.stringify({pid: 1, host: 'another-host', started: '2026-01-01T00:00:00Z'}))
+    assert.throws(() => assertUnlocked(dir), /PID 1 on another-host.*goes stale 10 minutes after its last heartbeat/)
+    const old = new Date(Date.now() - 11 * 60_000)
+    utimesSync(lock, old, old)
+    assert.equal(lockHolder(dir), undefined)
+    acquireRunLock(dir)()
+    assert.deepEqual(readdirSync(dir), [])
   })
 })

@@ -1,6 +1,6 @@
+// Gain analysis against hand computations and naive float64 loops.
 import {Matrix} from 'ml-matrix'
 import assert from 'node:assert/strict'
-// Gain analysis against hand computations and naive float64 loops.
 import {test} from 'node:test'
 
 import {

@@ -1,6 +1,6 @@
+// Collecting maps through an engine, and the analysis of them, against a naive float64 recomputation.
 import assert from 'node:assert/strict'
 import {join} from 'node:path'
-// Collecting maps through an engine, and the analysis of them, against a naive float64 recomputation.
 import {it} from 'node:test'
 import {fileURLToPath} from 'node:url'
 

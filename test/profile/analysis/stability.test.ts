@@ -1,9 +1,9 @@
+// Each stability rule on synthetic inputs built to pass or to fail it, and the JUnit report.
 import {XMLParser, XMLValidator} from 'fast-xml-parser'
 import assert from 'node:assert/strict'
 import {mkdtempSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
-// Each stability rule on synthetic inputs built to pass or to fail it, and the JUnit report.
 import {test} from 'node:test'
 
 import {InputError} from '../../../src/model/errors.js'
@@ -161,7 +161,13 @@ test('doubly-stochastic: permutations pass, a row summing to 1.2 or a negative e
   assert.ok(Math.abs(r.value! - 0.2) < 1e-6, `sum error ${r.value}`)
   assert.equal(r.layer, 0)
   assert.equal(r.threshold, 0.1)
-  assert.equal(check([1.1, -0.1, -0.1, 1.1]).pass, false, 'negative entry')
+  const negative = check([1.2, -0.2, -0.2, 1.2]) // sums are exactly 1: only the negative entries fail it
+  assert.equal(negative.pass, false, 'negative entry')
+  assert.ok(
+    Math.abs(negative.value! - 0.2) < 1e-6 && negative.value! > negative.threshold,
+    'the value explains the verdict',
+  )
+  assert.ok(negative.minEntry! < 0)
   const hc = evaluateRules({steps: healthy(), checkpoint: {dir: 'ck', arch: 'hc', nonFiniteWeights: 0}}, T)
   assert.equal(
     hc.some((x) => x.rule === 'doubly-stochastic'),
@@ -250,12 +256,18 @@ test('metrics.jsonl: a corrupt line is bad input naming its line; only a torn la
     assert.equal(ok.tornLastLine, false)
     writeFileSync(f, good.join('\n') + '\n{"type":"step","st')
     assert.equal(readStepRecords(f).tornLastLine, true)
+    for (const notTorn of ['garbage', good.join('\n') + '\ngarbage', '{"type":"st']) {
+      writeFileSync(f, notTorn)
+      assert.throws(() => readStepRecords(f), InputError, `${JSON.stringify(notTorn)} is corrupt, not torn`)
+    }
+
     for (const [bad, line, why] of [
       [[good[0], 'garbage', good[1]], 2, /not a JSON record/],
       [[good[0], '[1,2]', good[1]], 2, /not a metrics record/],
       [[good[0], good[1], '{"type":"step","step":"3","loss":1,"gradNorm":1}'], 3, /integer step/],
       [['{"type":"step","step":1,"loss":"x","gradNorm":1}'], 1, /numeric loss/],
       [[good[0], '{"type":"step","step":2,"loss":1', good[2]], 2, /not a JSON record/],
+      [['garbage'], 1, /not a JSON record/], // one line, no record before it: not a torn append
     ] as [string[], number, RegExp][]) {
       writeFileSync(f, bad.join('\n') + '\n')
       assert.throws(

@@ -1,6 +1,6 @@
-import assert from 'node:assert/strict'
 // `mhc profile-time`: kernel I/O against the paper's Table 2, the pipeline simulator against closed forms, DualPipe's
 // step counts, the 27B headline (the CLI: test/commands/profile-time.test.ts).
+import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
 
 import {

@@ -1,6 +1,6 @@
-import assert from 'node:assert/strict'
 // The measured side of the memory model on a small model: what the model assumes is kept per block, and its
 // prediction against peaks measured through the tfjs engine.
+import assert from 'node:assert/strict'
 import {before, test} from 'node:test'
 
 import {ModelConfig} from '../../../src/model/config.js'
@@ -81,4 +81,46 @@ test('measured peaks: the model calibrated on one block predicts a 6-block model
   const best = (xs: number[]) => xs.indexOf(Math.min(...xs)) + 1
   assert.equal(best(measured.map((p) => p.peakBytes)), best(Lrs.map((l) => predictPeak(m, cfg, l))))
   assert.ok(measured[0].peakBytes < measured[11].peakBytes, 'recompute lowers the peak here')
+})
+
+test('the pre-allocation estimate (fitted on other shapes) is at most 10% under and 25% over the peak of a real training step', async () => {
+  const {restore, takeStep} = await import('../../../src/model/train/loop.js')
+  const {loadCorpus} = await import('../../../src/model/io/data.js')
+  const {parameterCount} = await import('../../../src/model/params.js')
+  const {trainingMemoryEstimate} = await import('../../../src/profile/cost-models/memory.js')
+  const corpus = loadCorpus()
+  for (const [arch, dModel, heads, seqLen, mlpRatio, expansion, layers, batch] of [
+    ['hc', 48, 3, 24, 2, 3, 2, 6],
+    ['baseline', 80, 4, 40, 3, 4, 1, 3],
+    ['mhc', 40, 2, 56, 4, 5, 2, 2],
+  ] as const) {
+    const cfg = small({arch, dModel, heads, seqLen, mlpRatio, expansion, layers})
+    const engine = engines.create({model: cfg})
+    const tc = {
+      steps: 1,
+      batch,
+      lr: 1e-3,
+      minLrRatio: 0.1,
+      warmup: 0,
+      weightDecay: 0.1,
+      beta1: 0.9,
+      beta2: 0.95,
+      adamEps: 1e-8,
+      gradClip: 1,
+      evalEvery: 0,
+      evalWindows: 1,
+      saveEvery: 0,
+      seed: 1,
+    }
+    const pos = restore(engine, tc)
+    const before = tf.memory().numBytes
+    const prof = await tf.profile(async () => {
+      await takeStep(engine, pos, tc, corpus.train)
+    })
+    engine.dispose()
+    const measured = prof.peakBytes - before + 4 * parameterCount(cfg)
+    const estimated = trainingMemoryEstimate({...cfg, params: parameterCount(cfg), batch, recomputeBlock: 0}).bytes
+    const ratio = estimated / measured // under would let through a size that then fails; over only refuses early
+    assert.ok(ratio > 0.9 && ratio < 1.25, `${arch}: estimated ${estimated} bytes, measured ${measured}`)
+  }
 })

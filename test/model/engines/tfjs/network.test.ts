@@ -1,6 +1,6 @@
-import assert from 'node:assert/strict'
 // The model's maths against independent references: float64 Sinkhorn-Knopp written here, the residual baseline,
 // and central finite differences of the loss.
+import assert from 'node:assert/strict'
 import {before, test} from 'node:test'
 
 import {Arch, ModelConfig} from '../../../../src/model/config.js'

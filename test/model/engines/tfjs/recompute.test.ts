@@ -1,5 +1,5 @@
-import assert from 'node:assert/strict'
 // Activation recomputation (paper §4.3.2): same gradients, less memory.
+import assert from 'node:assert/strict'
 import {before, test} from 'node:test'
 
 import {Arch, ModelConfig} from '../../../../src/model/config.js'
