@@ -51,6 +51,12 @@ export default [
       'unicorn/no-useless-undefined': 'off',
       // Its fix rewrites `v < 0n ? 0n : v` as Math.max(v, 0n), which throws on a BigInt.
       'unicorn/prefer-math-min-max': 'off',
+      // TypeScript checks names (the WebGPU globals come from @webgpu/types), as typescript-eslint advises.
+      'no-undef': 'off',
+      // Indexed loops over typed arrays are V8's fast path (and its fix breaks on ArrayLike).
+      'unicorn/no-for-loop': 'off',
+      // A step is a list of kernels pushed in the order they run.
+      'unicorn/no-array-push-push': 'off',
       // new Array<number>(R).fill(0) says what it is.
       'unicorn/no-new-array': 'off',
       // F is the paper's name for a sublayer; tok_s is a cli-progress token; data_offsets is the safetensors format.

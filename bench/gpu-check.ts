@@ -22,7 +22,7 @@ const run = async (backend: string, arch: (typeof ARCHS)[number]) => {
   const engines = await openEngines({choice: backend as BackendChoice, source: 'flag'})
   const model: ModelConfig = {arch, ...PRESETS.tiny.model}
   const tc = {...PRESETS.tiny.train, steps: Number(a.steps), seed: 3}
-  const engine = engines.create({model})
+  const engine = await engines.create({model, batch: tc.batch})
   const pos = restore(engine, tc)
   const out = []
   for (let i = 0; i < tc.steps; i++) out.push(await takeStep(engine, pos, tc, corpus.train))

@@ -20,7 +20,7 @@ const corpus = loadCorpus()
 
 /** tf.profile's peak above what was alive before the step (the weights and moments). */
 async function measure(model: ModelConfig, batch: number): Promise<number> {
-  const engine = engines.create({model})
+  const engine = await engines.create({model, batch})
   try {
     const tc = {...PRESETS.small.train, batch}
     const pos = restore(engine, tc)

@@ -36,7 +36,7 @@ const rows = []
 for (const arch of ARCHS) {
   const model: ModelConfig = {arch, ...preset.model}
   const tc = {...preset.train, steps: warm + steps}
-  const engine = engines.create({model})
+  const engine = await engines.create({model, batch: tc.batch})
   const pos = restore(engine, tc)
   const times: number[] = []
   for (let i = 0; i < warm + steps; i++) {

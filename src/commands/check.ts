@@ -293,7 +293,7 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
     this.logToStderr(
       `training ${model.arch} (${preset}, ${model.layers} blocks, ${train.steps} steps, grad clip ${train.gradClip || 'off'}) into ${runDir}`,
     )
-    const engine = engines.create({model})
+    const engine = await engines.create({model, batch: train.batch})
     try {
       await runTraining({model, train, corpus, outDir: runDir, engine})
     } catch (error) {

@@ -121,7 +121,7 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
       {...model, params: nParams, batch: train.batch, recomputeBlock: train.recomputeBlock ?? 0},
       engines.report.backend,
     )
-    const engine = engines.create({model, recomputeBlock: train.recomputeBlock ?? 0})
+    const engine = await engines.create({model, batch: train.batch, recomputeBlock: train.recomputeBlock ?? 0})
     this.logToStderr(
       `${model.arch}: ${model.layers} block${model.layers === 1 ? '' : 's'} (${2 * model.layers} layers), C=${model.dModel}, n=${connectionOf(model).streams(model)}, ` +
         `${(nParams / 1e6).toFixed(3)}M params; ${corpus.source}: ${corpus.train.length} train / ${corpus.val.length} val bytes; run dir ${outDir}`,

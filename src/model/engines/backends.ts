@@ -6,8 +6,15 @@ import {freemem} from 'node:os'
 
 import {InputError} from '../errors.js'
 
-export const BACKENDS = ['tensorflow', 'webgpu', 'wasm', 'cpu'] as const
+/**
+ * Where an engine runs. `webgpu` is the WebGPU engine (our own WGSL kernels through Dawn); the others are backends
+ * of the tfjs engine: `tensorflow` (tfjs-node-gpu), `tfjs-webgpu` (TensorFlow.js's own WebGPU backend, slow: for
+ * comparison), `wasm`, `cpu`.
+ */
+export const BACKENDS = ['webgpu', 'tensorflow', 'tfjs-webgpu', 'wasm', 'cpu'] as const
 export type BackendName = (typeof BACKENDS)[number]
+/** What `auto` tries, in order: a real GPU first, then TensorFlow's native build, then the CPU. */
+export const AUTO_ORDER: readonly BackendName[] = ['webgpu', 'tensorflow', 'wasm', 'cpu']
 export type BackendChoice = 'auto' | BackendName
 export const BACKEND_CHOICES: readonly BackendChoice[] = ['auto', ...BACKENDS]
 
@@ -131,3 +138,23 @@ export function memoryBudget(backend: BackendName): {bytes: number; what: string
     what: `this machine has ${(bytes / 2 ** 30).toFixed(1)} GiB available${limited ? ' (its cgroup limit)' : ''}`,
   }
 }
+
+/** The requested backend cannot run here (exit 2: the user asked for something this machine lacks). */
+export class BackendError extends InputError {}
+
+/** The error when no candidate of a choice could start, naming how it was asked for and why each failed. */
+export function noUsableBackend(resolved: ResolvedChoice, attempts: BackendAttempt[]): BackendError {
+  const why = attempts.map((a) => `${a.backend}: ${a.reason}`).join('; ')
+  const asked =
+    resolved.source === 'env'
+      ? `MHC_BACKEND=${resolved.choice}`
+      : resolved.source === 'config'
+        ? `backend ${resolved.choice} (${resolved.where})`
+        : `--backend ${resolved.choice}`
+  return new BackendError(`no usable backend for ${asked} (${why})`)
+}
+
+export const oneLine = (e: unknown) =>
+  String((e as Error)?.message ?? e)
+    .split('\n')[0]
+    .slice(0, 200)

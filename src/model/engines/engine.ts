@@ -1,7 +1,8 @@
 // The seam between the training loop, the analyses and the maths. An engine holds one model's weights and AdamW
 // moments on some device and does the numeric work; everything it takes and returns is host data, so a run trained
 // by one engine is evaluated, resumed or analysed by another. Engines: `tfjs` (TensorFlow.js: wasm, cpu, tfjs-node-gpu,
-// its webgpu backend). Data order, the lr schedule, checkpoints and policies stay outside, in src/model/train.
+// its own webgpu backend) and `webgpu` (our WGSL kernels through Dawn). Data order, the lr schedule, checkpoints and
+// policies stay outside, in src/model/train.
 import type {ModelConfig} from '../config.js'
 import type {NonFiniteOrigin} from '../errors.js'
 import type {Batch} from '../io/data.js'
@@ -64,6 +65,8 @@ export interface Engine {
 
 export interface EngineOptions {
   model: ModelConfig
+  /** Sequences per training batch (engines that size their buffers once, like webgpu, need it; default 16). */
+  batch?: number
   /** L_r: recompute blocks of this many layers in the backward pass (paper §4.3.2); 0 = off. Memory, not maths. */
   recomputeBlock?: number
 }

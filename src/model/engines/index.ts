@@ -1,19 +1,52 @@
-// Opening engines: the backend choice is resolved (flag, MHC_BACKEND, config file, auto) and the engine's code is
-// loaded only now (TensorFlow.js is heavy: commands that need no engine never import it). The report says which
-// backend runs and why the others were skipped; `create` builds one model on it (a command may open several).
-import type {BackendReport, ResolvedChoice} from './backends.js'
 import type {Engine, EngineOptions} from './engine.js'
+
+// Opening engines: the backend choice is resolved (flag, MHC_BACKEND, config file, auto) and the candidates are tried
+// in order: the WebGPU engine on a real GPU first, then the tfjs engine's backends. Each engine's code is loaded only
+// now (TensorFlow.js and Dawn are heavy: commands that need no engine never import them). The report says which
+// backend runs and why the others were skipped; `create` builds one model on it (a command may build several).
+import {
+  AUTO_ORDER,
+  type BackendAttempt,
+  type BackendName,
+  type BackendReport,
+  noUsableBackend,
+  oneLine,
+  type ResolvedChoice,
+} from './backends.js'
 
 export type {Engine, EngineOptions, EngineState, LayerMapsData, StepHyper, StepResult} from './engine.js'
 
 export interface Engines {
   report: BackendReport
-  create(options: EngineOptions): Engine
+  create(options: EngineOptions): Promise<Engine>
+}
+
+/** Starts one candidate, or throws why it cannot run here. */
+async function start(name: BackendName, auto: boolean): Promise<(options: EngineOptions) => Promise<Engine>> {
+  if (name === 'webgpu') {
+    const {WebGpuEngine, openDevice} = await import('./webgpu/engine.js')
+    const device = await openDevice({allowSoftware: !auto})
+    return (options) => WebGpuEngine.create(device, options)
+  }
+
+  const {activate} = await import('./tfjs/backend.js')
+  await activate(name)
+  const {TfjsEngine} = await import('./tfjs/engine.js')
+  return async (options) => new TfjsEngine(options)
 }
 
 export async function openEngines(choice: ResolvedChoice): Promise<Engines> {
-  const {selectBackend} = await import('./tfjs/backend.js')
-  const report = await selectBackend(choice)
-  const {TfjsEngine} = await import('./tfjs/engine.js')
-  return {report, create: (options) => new TfjsEngine(options)}
+  const order: readonly BackendName[] = choice.choice === 'auto' ? AUTO_ORDER : [choice.choice]
+  const attempts: BackendAttempt[] = []
+  for (const name of order) {
+    try {
+      const create = await start(name, choice.choice === 'auto')
+      attempts.push({backend: name, ok: true})
+      return {report: {backend: name, requested: choice.choice, source: choice.source, attempts}, create}
+    } catch (error) {
+      attempts.push({backend: name, ok: false, reason: oneLine(error)})
+    }
+  }
+
+  throw noUsableBackend(choice, attempts)
 }

@@ -53,7 +53,7 @@ export async function checkpointMaps(
   text: Uint8Array,
   tokens: number,
 ): Promise<LayerMapsData & {sequences: number}> {
-  const engine = engines.create({model: ck.manifest.model})
+  const engine = await engines.create({model: ck.manifest.model})
   try {
     engine.load({params: ck.params})
     return await collectMaps(engine, text, tokens)

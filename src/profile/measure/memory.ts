@@ -20,7 +20,7 @@ export async function measurePeaks(
   blocks: number[],
   seed = 1,
 ): Promise<MeasuredPoint[]> {
-  const engine = engines.create({model: cfg})
+  const engine = await engines.create({model: cfg})
   if (!engine.peakMemory) throw new Error(`the ${engine.name} engine cannot report its peak memory`)
   engine.load({params: initParamData(cfg, seed)})
   const rng = new Rng(seed + 1)

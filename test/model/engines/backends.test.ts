@@ -50,7 +50,7 @@ describe('backend choice and probing', () => {
     assert.throws(
       () => resolveBackendChoice(undefined, dir, {MHC_BACKEND: 'gpu'}),
       (e: unknown) =>
-        e instanceof InputError && /MHC_BACKEND: backend "gpu" is not one of auto, tensorflow/.test(e.message),
+        e instanceof InputError && /MHC_BACKEND: backend "gpu" is not one of auto, webgpu, tensorflow, tfjs-webgpu, wasm, cpu$/.test(e.message),
     )
     writeFileSync(file, '{"backend": "wasm", "backnd": "cpu"}')
     assert.throws(() => readUserConfig(dir, {}), /unknown key "backnd"/)

@@ -95,7 +95,7 @@ test('the pre-allocation estimate (fitted on other shapes) is at most 10% under 
     ['mhc', 40, 2, 56, 4, 5, 2, 2],
   ] as const) {
     const cfg = small({arch, dModel, heads, seqLen, mlpRatio, expansion, layers})
-    const engine = engines.create({model: cfg})
+    const engine = await engines.create({model: cfg})
     const tc = {
       steps: 1,
       batch,

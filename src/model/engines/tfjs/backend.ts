@@ -5,24 +5,25 @@ import {setWasmPaths} from '@tensorflow/tfjs-backend-wasm'
 import {existsSync} from 'node:fs'
 import {dirname, join} from 'node:path'
 
-import {InputError} from '../../errors.js'
-import {BackendAttempt, BackendChoice, BackendName, BackendReport, BACKENDS, ResolvedChoice} from '../backends.js'
+import {
+  BackendAttempt,
+  BackendChoice,
+  BackendName,
+  BackendReport,
+  noUsableBackend,
+  oneLine,
+  ResolvedChoice,
+} from '../backends.js'
 import {probeWebgpu} from '../webgpu-probe.js'
 
 export {backendJson, BACKENDS, describeBackend} from '../backends.js'
 export type {BackendAttempt, BackendChoice, BackendName, BackendReport, ResolvedChoice} from '../backends.js'
-export * as tf from '@tensorflow/tfjs'
+export {BackendError} from '../backends.js'
 
 // PROD silences tfjs's console advice to install tfjs-node (which cannot install here) and skips debug checks.
 tf.env().set('PROD', true)
 
-/** The requested backend cannot run here (exit 2: the user asked for something this machine lacks). */
-export class BackendError extends InputError {}
-
-const oneLine = (e: unknown) =>
-  String((e as Error)?.message ?? e)
-    .split('\n')[0]
-    .slice(0, 200)
+export * as tf from '@tensorflow/tfjs'
 
 // tfjs-node-gpu is an optionalDependency that cannot install on machines without access to its binary host.
 // The specifier is a variable so the TypeScript build does not need the package to exist.
@@ -70,26 +71,33 @@ function configureWasmPaths(): void {
   }
 }
 
-async function activate(name: BackendName): Promise<void> {
+/** Makes a tfjs backend the current one, or throws why it cannot run here. */
+export async function activate(name: TfjsBackendName): Promise<void> {
   if (name === 'tensorflow') await tryTensorflow()
-  if (name === 'webgpu') await tryWebgpu()
+  if (name === 'tfjs-webgpu') await tryWebgpu()
   if (name === 'wasm') configureWasmPaths()
-  const ok = await tf.setBackend(name)
-  if (!ok) throw new Error(`tf.setBackend('${name}') failed`)
+  const tfName = name === 'tfjs-webgpu' ? 'webgpu' : name
+  const ok = await tf.setBackend(tfName)
+  if (!ok) throw new Error(`tf.setBackend('${tfName}') failed`)
   await tf.ready()
 }
 
+/** The tfjs backends, in the order `auto` tries them when the tfjs engine is asked for alone (tests, benches). */
+export const TFJS_BACKENDS = ['tensorflow', 'tfjs-webgpu', 'wasm', 'cpu'] as const
+export type TfjsBackendName = (typeof TFJS_BACKENDS)[number]
+
 /**
- * `auto` tries tfjs-node-gpu, then WebGPU (a real GPU adapter only), then wasm, then cpu, and records why each
- * candidate was skipped. A named backend is tried alone: asking for a GPU that is not there is an error, not a
- * silent fallback. `choice` may carry where it came from (--backend, MHC_BACKEND, the config file).
+ * The tfjs engine alone: `auto` tries tfjs-node-gpu, then wasm, then cpu, recording why each candidate was skipped; a
+ * named backend is tried alone (asking for a GPU that is not there is an error, not a silent fallback). The commands
+ * use src/model/engines/index.ts, which puts the WebGPU engine first.
  */
 export async function selectBackend(choice: BackendChoice | ResolvedChoice): Promise<BackendReport> {
   const resolved: ResolvedChoice = typeof choice === 'string' ? {choice, source: 'flag'} : choice
-  const order: BackendName[] = resolved.choice === 'auto' ? [...BACKENDS] : [resolved.choice]
+  const order: BackendName[] = resolved.choice === 'auto' ? ['tensorflow', 'wasm', 'cpu'] : [resolved.choice]
   const attempts: BackendAttempt[] = []
   for (const name of order) {
     try {
+      if (name === 'webgpu') throw new Error('the WebGPU engine is not a tfjs backend (tfjs-webgpu is)')
       await activate(name)
       attempts.push({backend: name, ok: true})
       return {backend: name, requested: resolved.choice, source: resolved.source, attempts}
@@ -98,12 +106,5 @@ export async function selectBackend(choice: BackendChoice | ResolvedChoice): Pro
     }
   }
 
-  const why = attempts.map((a) => `${a.backend}: ${a.reason}`).join('; ')
-  const asked =
-    resolved.source === 'env'
-      ? `MHC_BACKEND=${resolved.choice}`
-      : resolved.source === 'config'
-        ? `backend ${resolved.choice} (${resolved.where})`
-        : `--backend ${resolved.choice}`
-  throw new BackendError(`no usable backend for ${asked} (${why})`)
+  throw noUsableBackend(resolved, attempts)
 }

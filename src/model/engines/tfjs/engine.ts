@@ -34,7 +34,7 @@ export class TfjsEngine implements Engine {
 
   constructor(o: EngineOptions) {
     this.model = o.model
-    this.backend = tf.getBackend()
+    this.backend = tf.getBackend() === 'webgpu' ? 'tfjs-webgpu' : tf.getBackend()
     this.recomputeBlock = o.recomputeBlock ?? 0
     this.shapes = Object.fromEntries(paramSpecs(o.model).map((s) => [s.name, s.shape]))
     this.decay = decayNames(o.model)

@@ -145,7 +145,8 @@ export function forward(p: Params, cfg: ModelConfig, tokens: tf.Tensor2D, opts: 
   const x0 = tf.reshape(tf.add(tf.reshape(emb, [B, Tn, cfg.dModel]), p['pos_emb.weight']), [N, cfg.dModel])
   // hc/mhc: the embedding copied to n streams (concat: wasm's Tile is slow).
   const n = conn.streams(cfg)
-  let x = n === 1 ? x0 : tf.concat(Array.from({length: n}).fill(tf.expandDims(x0, 1)) as T[], 1)
+  const streams = conn.coefficients !== 'none' // the residual keeps x [N, C]; hyper-connections x [N, n, C], n ≥ 1
+  let x = streams ? tf.concat(Array.from({length: n}).fill(tf.expandDims(x0, 1)) as T[], 1) : x0
   const maps: LayerMaps[] = []
   const Lr = opts.recomputeBlock ?? 0
   if (Lr > 0 && !opts.captureMaps)
@@ -154,7 +155,7 @@ export function forward(p: Params, cfg: ModelConfig, tokens: tf.Tensor2D, opts: 
     opts.onLayer(-1, x)
     for (let l = 0; l < L; l++) opts.onLayer(l, (x = runLayers(p, cfg, conn, x, l, l + 1, B)))
   } else x = runLayers(p, cfg, conn, x, 0, L, B, opts.captureMaps ? maps : undefined)
-  if (n > 1) x = tf.sum(x, 1) // streams summed before the final norm
+  if (streams) x = tf.sum(x, 1) // streams summed before the final norm
   const logits = mm(rmsNorm(x, cfg.normEps, p['norm.weight']), p['lm_head.weight'])
   return {logits, maps}
 }

@@ -1,0 +1,335 @@
+"""PyTorch reference of the mhc project's model (src/model/model.ts): baseline, HC and mHC byte-level Transformers.
+
+Same maths, same parameter names and the same storage layout as our TensorFlow.js implementation:
+  * state_dict() keys equal our checkpoint's tensor names (tok_emb.weight, blocks.{b}.attn.qkv.weight, conn.{l}.phi, ...);
+  * matrices are stored [in, out] and applied as y = x @ W (tfjs layout, as in model.safetensors);
+  * RMSNorm x * rsqrt(mean(x^2) + eps) (eps = normEps, 1e-20), GELU x * sigmoid(1.702 x), causal mask -1e9 ADDED to
+    the scores, connection l = 2b (attention of block b), 2b + 1 (its MLP);
+  * HC: per-stream RMSNorm (no weight), theta [C, 2+n] -> [pre | post | res], tanh, alpha gates, b biases,
+    H_res = alpha_res * tanh(res^T) + b_res;
+  * mHC: RMSNorm of the flattened n*C stream, phi [nC, 2n+n^2] -> [pre | post | res], H_pre = sigmoid(.),
+    H_post = 2 sigmoid(.), H_res = Sinkhorn-Knopp(alpha_res * res.view(n, n) + b_res), columns then rows, t_max times;
+  * x_{l+1} = H_res x_l + H_post^T F(H_pre x_l); the embedding is copied to the n streams; the streams are summed
+    before the final norm; loss = mean next-byte cross-entropy.
+
+API: MhcModel(cfg), model(tokens) -> logits [B*T, V], model(tokens, return_maps=True) -> (logits, maps),
+model.loss(tokens, targets), load(ckpt_dir) -> (model, cfg), init_params(cfg or model, seed) -> model, AdamW (ours, hand-written),
+torch_adamw(model, ...) (torch.optim.AdamW with the same decay groups), clip_grad_(params, max_norm) (ours).
+cfg is our ModelConfig as a dict (camelCase keys, as in manifest.json's "model").
+"""
+import math
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stio  # noqa: E402
+
+PRESETS = {  # src/model/presets.ts (model part; lr is the preset's peak learning rate)
+    'tiny': dict(layers=1, dModel=32, heads=2, seqLen=32, batch=8, lr=3e-3),
+    'small': dict(layers=4, dModel=128, heads=4, seqLen=64, batch=16, lr=3e-3),
+    'medium': dict(layers=6, dModel=256, heads=8, seqLen=128, batch=32, lr=2e-3),
+    'gpu': dict(layers=12, dModel=512, heads=8, seqLen=256, batch=32, lr=2e-3),  # not one of ours: a bigger GPU size
+}
+TRAIN_DEFAULTS = dict(weightDecay=0.1, beta1=0.9, beta2=0.95, adamEps=1e-8, gradClip=1.0)
+
+
+def make_config(arch, layers, dModel, heads, seqLen, vocabSize=256, mlpRatio=4, expansion=4, sinkhornIters=20,
+                gateInit=0.01, normEps=1e-20):
+    return dict(arch=arch, vocabSize=vocabSize, seqLen=seqLen, layers=layers, dModel=dModel, heads=heads,
+                mlpRatio=mlpRatio, expansion=expansion, sinkhornIters=sinkhornIters, gateInit=gateInit,
+                normEps=normEps)
+
+
+def preset_config(preset, arch, **overrides):
+    p = {k: v for k, v in PRESETS[preset].items() if k not in ('batch', 'lr')}
+    p.update({k: v for k, v in overrides.items() if v is not None})
+    return make_config(arch, **p)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building blocks (functions of tensors, as in model.ts)
+
+def rms_norm(x, eps, weight=None):
+    y = x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + eps)
+    return y * weight if weight is not None else y
+
+
+def gelu(x):
+    return x * torch.sigmoid(x * 1.702)
+
+
+def sinkhorn_knopp(logits, iters):
+    """Doubly stochastic projection of [..., n, n] logits: M0 = exp(max(z - max z, -80)), then `iters` times divide by
+    the column sums, then by the row sums. The max shift is detached (SK ignores a constant), as in our fused kernel."""
+    z = logits - logits.amax(dim=(-2, -1), keepdim=True).detach()
+    m = torch.exp(torch.clamp(z, min=-80.0))
+    for _ in range(iters):
+        m = m / m.sum(dim=-2, keepdim=True)  # T_c: every column sums to 1
+        m = m / m.sum(dim=-1, keepdim=True)  # T_r: every row sums to 1
+    return m
+
+
+class _W(nn.Module):
+    """One parameter called `weight` (so that state_dict keys read like ours: `lm_head.weight`)."""
+
+    def __init__(self, *shape):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(*shape))
+
+
+class Attention(nn.Module):
+    def __init__(self, C):
+        super().__init__()
+        self.norm, self.qkv, self.proj = _W(C), _W(C, 3 * C), _W(C, C)
+
+
+class Mlp(nn.Module):
+    def __init__(self, C, ratio):
+        super().__init__()
+        self.norm, self.fc, self.proj = _W(C), _W(C, ratio * C), _W(ratio * C, C)
+
+
+class Block(nn.Module):
+    def __init__(self, C, ratio):
+        super().__init__()
+        self.attn, self.mlp = Attention(C), Mlp(C, ratio)
+
+
+class Connection(nn.Module):
+    """conn.{l}: theta [C, 2+n] (hc) or phi [nC, 2n+n^2] (mhc), alpha_pre/post/res (scalars), b_pre/b_post [n], b_res [n, n]."""
+
+    def __init__(self, arch, C, n):
+        super().__init__()
+        if arch == 'hc':
+            self.theta = nn.Parameter(torch.empty(C, 2 + n))
+        else:
+            self.phi = nn.Parameter(torch.empty(n * C, 2 * n + n * n))
+        self.alpha_pre = nn.Parameter(torch.empty(()))
+        self.alpha_post = nn.Parameter(torch.empty(()))
+        self.alpha_res = nn.Parameter(torch.empty(()))
+        self.b_pre = nn.Parameter(torch.empty(n))
+        self.b_post = nn.Parameter(torch.empty(n))
+        self.b_res = nn.Parameter(torch.empty(n, n))
+
+
+class MhcModel(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = dict(cfg)
+        V, T, C, L = cfg['vocabSize'], cfg['seqLen'], cfg['dModel'], cfg['layers']
+        if cfg['arch'] not in ('baseline', 'hc', 'mhc'):
+            raise ValueError(f'unknown arch {cfg["arch"]!r}')
+        if C % cfg['heads']:
+            raise ValueError(f'dModel {C} is not divisible by heads {cfg["heads"]}')
+        self.tok_emb, self.pos_emb = _W(V, C), _W(T, C)
+        self.blocks = nn.ModuleList(Block(C, cfg['mlpRatio']) for _ in range(L))
+        if cfg['arch'] != 'baseline':
+            self.conn = nn.ModuleList(Connection(cfg['arch'], C, cfg['expansion']) for _ in range(2 * L))
+        self.norm, self.lm_head = _W(C), _W(C, V)
+        self._masks = {}
+        with torch.no_grad():  # our initial values (a real init: init_params)
+            for name, p in self.named_parameters():
+                p.zero_()
+
+    # -- sublayers ------------------------------------------------------------------------------------------------
+    def causal_mask(self, T, device, dtype):
+        key = (T, str(device), dtype)
+        m = self._masks.get(key)
+        if m is None:
+            m = torch.triu(torch.full((T, T), -1e9, dtype=dtype, device=device), diagonal=1)
+            self._masks[key] = m
+        return m
+
+    def attention(self, b, h, B, T):
+        a = self.blocks[b].attn
+        C, H = self.cfg['dModel'], self.cfg['heads']
+        D = C // H
+        x = rms_norm(h, self.cfg['normEps'], a.norm.weight)
+        q, k, v = (t.reshape(B, T, H, D).transpose(1, 2) for t in (x @ a.qkv.weight).split(C, dim=1))  # [B, H, T, D]
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D)) + self.causal_mask(T, h.device, h.dtype)
+        y = torch.softmax(scores, dim=-1) @ v  # [B, H, T, D]
+        return y.transpose(1, 2).reshape(B * T, C) @ a.proj.weight
+
+    def mlp(self, b, h):
+        m = self.blocks[b].mlp
+        return gelu(rms_norm(h, self.cfg['normEps'], m.norm.weight) @ m.fc.weight) @ m.proj.weight
+
+    # -- connections ----------------------------------------------------------------------------------------------
+    def connection_maps(self, l, xs):
+        """H_pre [N, n], H_post [N, n], H_res [N, n, n] of connection l for the stream xs [N, n, C]."""
+        c = self.conn[l]
+        N, n, C = xs.shape
+        eps = self.cfg['normEps']
+        if self.cfg['arch'] == 'hc':
+            proj = (rms_norm(xs, eps).reshape(N * n, C) @ c.theta).reshape(N, n, 2 + n)
+            pre, post, res = proj.split([1, 1, n], dim=2)
+            h_pre = c.alpha_pre * torch.tanh(pre.reshape(N, n)) + c.b_pre
+            h_post = c.alpha_post * torch.tanh(post.reshape(N, n)) + c.b_post
+            # res[N, j, i] = theta_res_i . x~_j and H_res[i, j] = theta_res_i . x~_j: hence the transpose.
+            h_res = c.alpha_res * torch.tanh(res.transpose(1, 2)) + c.b_res
+            return h_pre, h_post, h_res
+        proj = rms_norm(xs.reshape(N, n * C), eps) @ c.phi
+        pre, post, res = proj.split([n, n, n * n], dim=1)
+        h_pre = torch.sigmoid(c.alpha_pre * pre + c.b_pre)
+        h_post = 2 * torch.sigmoid(c.alpha_post * post + c.b_post)
+        h_res = sinkhorn_knopp(c.alpha_res * res.reshape(N, n, n) + c.b_res, self.cfg['sinkhornIters'])
+        return h_pre, h_post, h_res
+
+    @staticmethod
+    def apply_connection(maps, xs, F_):
+        h_pre, h_post, h_res = maps
+        y = F_((xs * h_pre.unsqueeze(2)).sum(dim=1))  # F(H_pre x_l): [N, C]
+        return h_res @ xs + h_post.unsqueeze(2) * y.unsqueeze(1)
+
+    # -- the model --------------------------------------------------------------------------------------------------
+    def forward(self, tokens, return_maps=False):
+        """tokens: int64 [B, T] (T <= seqLen). Returns logits [B*T, V]; with return_maps also a list, one entry per
+        connection, of {'h_pre': [N, n], 'h_post': [N, n], 'h_res': [N, n, n]} (empty for the baseline)."""
+        B, T = tokens.shape
+        N, C, arch = B * T, self.cfg['dModel'], self.cfg['arch']
+        x = (F.embedding(tokens, self.tok_emb.weight) + self.pos_emb.weight[:T]).reshape(N, C)
+        if arch != 'baseline':
+            x = x.unsqueeze(1).expand(N, self.cfg['expansion'], C)  # the embedding on every stream
+        maps = []
+        for l in range(2 * self.cfg['layers']):
+            b = l // 2
+            F_ = (lambda h, b=b: self.attention(b, h, B, T)) if l % 2 == 0 else (lambda h, b=b: self.mlp(b, h))
+            if arch == 'baseline':
+                x = x + F_(x)
+                continue
+            m = self.connection_maps(l, x)
+            if return_maps:
+                maps.append({'h_pre': m[0], 'h_post': m[1], 'h_res': m[2]})
+            x = self.apply_connection(m, x, F_)
+        if arch != 'baseline':
+            x = x.sum(dim=1)  # streams summed before the final norm
+        logits = rms_norm(x, self.cfg['normEps'], self.norm.weight) @ self.lm_head.weight
+        return (logits, maps) if return_maps else logits
+
+    def loss(self, tokens, targets):
+        """Mean next-byte cross-entropy (nats)."""
+        return F.cross_entropy(self(tokens), targets.reshape(-1))
+
+    def decay_names(self):
+        return {name for name, _, decay, _ in stio.param_specs(self.cfg) if decay}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parameters: our checkpoints, a fresh init
+
+def load(ckpt_dir, device='cpu', dtype=torch.float32):
+    """Our checkpoint directory (manifest.json + model.safetensors, F32, [in, out]) -> (MhcModel, cfg)."""
+    weights, manifest = stio.read_checkpoint(ckpt_dir)
+    cfg = manifest['model']
+    model = MhcModel(cfg)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
+    return model.to(device=device, dtype=dtype), cfg
+
+
+def init_params(model, seed=1337):
+    """A model (or a cfg dict: a new MhcModel) with our initialisation scheme (model.ts paramSpecs: N(0, 0.02), depth-scaled output projections, the b biases that
+    make the untrained network a pre-norm residual one, alpha = gateInit), drawn with torch's generator: the same
+    distribution as ours, not the same numbers."""
+    if isinstance(model, dict):
+        model = MhcModel(model)
+    g = torch.Generator(device='cpu').manual_seed(seed)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, shape, _, (kind, arg) in stio.param_specs(model.cfg):
+            p = params[name]
+            if kind == 'normal':
+                t = torch.randn(shape, generator=g, dtype=torch.float32) * arg
+            elif kind == 'const':
+                t = torch.full(shape, float(arg))
+            else:
+                size = math.prod(shape)
+                t = torch.tensor([arg(i) for i in range(size)], dtype=torch.float32).reshape(shape)
+            p.copy_(t)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimiser: global-norm clipping and AdamW as src/model/train.ts
+
+def clip_grad_(params, max_norm):
+    """Ours: scale every gradient by max_norm / ||g|| when the global norm exceeds max_norm (0: no clipping). Returns
+    the global norm before clipping (a device tensor; no host synchronisation)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if hasattr(torch, '_foreach_norm'):
+        norms = torch._foreach_norm(grads)
+    else:
+        norms = [torch.linalg.vector_norm(g) for g in grads]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    if max_norm > 0:
+        scale = torch.clamp(max_norm / total, max=1.0)
+        if hasattr(torch, '_foreach_mul_'):
+            torch._foreach_mul_(grads, scale)
+        else:
+            for g in grads:
+                g.mul_(scale)
+    return total
+
+
+class AdamW:
+    """Our AdamW, op for op (train.ts trainStep): m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    update = (m / bc1) / (sqrt(v / bc2) + eps); p = p (1 - lr wd) [decay params only] - lr update."""
+
+    def __init__(self, model, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8):
+        decay = model.decay_names()
+        self.named = [(k, p, k in decay) for k, p in model.named_parameters()]
+        self.lr, self.wd, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.t = 0
+        self.m = {k: torch.zeros_like(p) for k, p, _ in self.named}
+        self.v = {k: torch.zeros_like(p) for k, p, _ in self.named}
+
+    def zero_grad(self, set_to_none=True):
+        for _, p, _ in self.named:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        b1, b2 = self.betas
+        bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for k, p, decay in self.named:
+            g = p.grad
+            m = self.m[k].mul_(b1).add_(g * (1 - b1))
+            v = self.v[k].mul_(b2).add_(g.square() * (1 - b2))
+            update = (m / bc1) / ((v / bc2).sqrt() + self.eps)
+            if decay:
+                p.mul_(1 - self.lr * self.wd)
+            p.sub_(update * self.lr)
+
+
+def torch_adamw(model, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, **kw):
+    """torch.optim.AdamW with weight decay on our `decay` parameters only. Its update is the same decoupled form:
+    p <- p (1 - lr wd), then p <- p - lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) (a different rounding order than ours)."""
+    decay = model.decay_names()
+    named = list(model.named_parameters())
+    groups = [{'params': [p for k, p in named if k in decay], 'weight_decay': weight_decay},
+              {'params': [p for k, p in named if k not in decay], 'weight_decay': 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kw)
+
+
+def disable_tf32():
+    """TF32 off for matmuls and cuDNN (the legacy setters: setting only these keeps every getter readable)."""
+    info = {}
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    except Exception as e:  # noqa: BLE001
+        info['setError'] = f'{type(e).__name__}: {e}'
+    for key, get in (('cuda.matmul.allow_tf32', lambda: torch.backends.cuda.matmul.allow_tf32),
+                     ('cudnn.allow_tf32', lambda: torch.backends.cudnn.allow_tf32),
+                     ('float32_matmul_precision', torch.get_float32_matmul_precision)):
+        try:
+            info[key] = get()
+        except Exception as e:  # noqa: BLE001
+            info[key] = f'unreadable: {type(e).__name__}: {e}'
+    if os.environ.get('TORCH_ALLOW_TF32_CUBLAS_OVERRIDE'):
+        info['TORCH_ALLOW_TF32_CUBLAS_OVERRIDE'] = os.environ['TORCH_ALLOW_TF32_CUBLAS_OVERRIDE']
+    return info

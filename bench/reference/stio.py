@@ -1,0 +1,104 @@
+"""Reading our checkpoints and safetensors files with numpy only (no torch), shared by mhc_ref.py, parity.py and
+numpy_check.py.
+
+safetensors layout: 8-byte little-endian u64 N, N bytes of JSON header {name: {dtype, shape, data_offsets}, ...,
+"__metadata__": {str: str}}, then the raw little-endian data; data_offsets are relative to the data section.
+The `safetensors` package is used when it is importable, the hand parser otherwise (same result).
+"""
+import json
+import os
+import struct
+
+import numpy as np
+
+_DTYPES = {'F64': '<f8', 'F32': '<f4', 'F16': '<f2', 'I64': '<i8', 'I32': '<i4', 'I16': '<i2', 'I8': 'i1', 'U8': 'u1',
+           'BOOL': '?'}
+
+
+def read_safetensors_header(path):
+    with open(path, 'rb') as f:
+        (n,) = struct.unpack('<Q', f.read(8))
+        header = json.loads(f.read(n).decode('utf-8'))
+    return header, 8 + n
+
+
+def read_safetensors(path, use_package=True):
+    """{name: np.ndarray} (native-endian copies) and the metadata dict."""
+    header, start = read_safetensors_header(path)
+    metadata = header.pop('__metadata__', {}) or {}
+    if use_package:
+        try:
+            from safetensors.numpy import load_file
+            # The header's shape, always: some versions of the package load a 0-d tensor (shape []) as shape (1,).
+            return {k: np.ascontiguousarray(v).reshape(header[k]['shape']) for k, v in load_file(path).items()}, metadata
+        except ImportError:
+            pass
+    with open(path, 'rb') as f:
+        f.seek(start)
+        data = f.read()
+    out = {}
+    for name, e in header.items():
+        if e['dtype'] not in _DTYPES:
+            raise ValueError(f'{path}: tensor {name}: unsupported dtype {e["dtype"]}')
+        b, end = e['data_offsets']
+        arr = np.frombuffer(data[b:end], dtype=_DTYPES[e['dtype']]).reshape(e['shape'])
+        out[name] = arr.astype(arr.dtype.newbyteorder('='), copy=True)
+    return out, metadata
+
+
+def read_checkpoint(ckpt_dir, optimizer=False):
+    """(weights {name: float32 array in our [in, out] layout}, manifest dict[, optimizer {'m.<name>', 'v.<name>'}])."""
+    with open(os.path.join(ckpt_dir, 'manifest.json'), encoding='utf-8') as f:
+        manifest = json.load(f)
+    if manifest.get('format') != 'mhc-checkpoint':
+        raise ValueError(f'{ckpt_dir}: not an mhc checkpoint (format {manifest.get("format")!r})')
+    weights, _ = read_safetensors(os.path.join(ckpt_dir, 'model.safetensors'))
+    if not optimizer:
+        return weights, manifest
+    opt, _ = read_safetensors(os.path.join(ckpt_dir, 'optimizer.safetensors'))
+    return weights, manifest, opt
+
+
+def param_specs(cfg):
+    """[(name, shape, decay, init)] in our order (src/model/model.ts paramSpecs); init is ('normal', std) or
+    ('const', value) or ('fn', f(flat_index) -> value)."""
+    V, T, C, L, r, n = cfg['vocabSize'], cfg['seqLen'], cfg['dModel'], cfg['layers'], cfg['mlpRatio'], cfg['expansion']
+    arch, gate = cfg['arch'], cfg['gateInit']
+    std = 0.02
+    proj_std = std / (2 * L) ** 0.5
+    specs = [('tok_emb.weight', [V, C], True, ('normal', std)), ('pos_emb.weight', [T, C], True, ('normal', std))]
+    for b in range(L):
+        p = f'blocks.{b}'
+        specs += [
+            (f'{p}.attn.norm.weight', [C], False, ('const', 1.0)),
+            (f'{p}.attn.qkv.weight', [C, 3 * C], True, ('normal', std)),
+            (f'{p}.attn.proj.weight', [C, C], True, ('normal', proj_std)),
+            (f'{p}.mlp.norm.weight', [C], False, ('const', 1.0)),
+            (f'{p}.mlp.fc.weight', [C, r * C], True, ('normal', std)),
+            (f'{p}.mlp.proj.weight', [r * C, C], True, ('normal', proj_std)),
+        ]
+    if arch != 'baseline':
+        for l in range(2 * L):
+            p = f'conn.{l}'
+            diagonal = lambda i: i // n == i % n  # noqa: E731
+            if arch == 'hc':
+                b_res = ('fn', lambda i: 1.0 if diagonal(i) else 0.0)
+                b_pre = ('fn', (lambda l_: lambda i: 1.0 if i == l_ % n else 0.0)(l))
+                b_post = ('const', 1.0)
+                proj = (f'{p}.theta', [C, 2 + n])
+            else:
+                b_res = ('fn', lambda i: 0.0 if diagonal(i) else -4.0)
+                b_pre = ('const', -float(np.log(n - 1)))
+                b_post = ('const', 0.0)
+                proj = (f'{p}.phi', [n * C, 2 * n + n * n])
+            specs += [
+                (proj[0], proj[1], True, ('normal', std)),
+                (f'{p}.alpha_pre', [], False, ('const', gate)),
+                (f'{p}.alpha_post', [], False, ('const', gate)),
+                (f'{p}.alpha_res', [], False, ('const', gate)),
+                (f'{p}.b_pre', [n], False, b_pre),
+                (f'{p}.b_post', [n], False, b_post),
+                (f'{p}.b_res', [n, n], False, b_res),
+            ]
+    specs += [('norm.weight', [C], False, ('const', 1.0)), ('lm_head.weight', [C, V], True, ('normal', std))]
+    return specs
