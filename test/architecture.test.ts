@@ -91,6 +91,26 @@ describe('the import graph', () => {
       assert.ok(e.from.startsWith('src/model/engines/tfjs/'), `${e.from} imports ${e.to} statically`)
     }
 
+    // Every other way in, dynamic and type-only included, is listed here with its reason.
+    const allowed: Record<string, string> = {
+      'src/model/engines/index.ts': 'opens the engine a command asked for (dynamic import)',
+      'src/profile/measure/apply-path.ts': "profile-time --measure times tfjs's own ops (dynamic import, types)",
+    }
+    for (const e of edges.filter(
+      (x) =>
+        (x.to.startsWith('@tensorflow/') || x.to.startsWith('src/model/engines/tfjs/')) &&
+        !x.from.startsWith('src/model/engines/tfjs/'),
+    )) {
+      assert.ok(allowed[e.from], `${e.from} reaches TensorFlow.js (${e.to}) and is not listed`)
+    }
+
+    for (const e of local.filter(
+      (x) => x.to.startsWith('src/model/engines/webgpu/') && !x.from.startsWith('src/model/engines/webgpu/'),
+    )) {
+      assert.equal(e.from, 'src/model/engines/index.ts', `${e.from} reaches the webgpu engine (${e.to})`)
+      assert.ok(e.dynamic, 'the webgpu engine (and Dawn) is loaded only when opened')
+    }
+
     const commandsUsingTf = edges.filter(
       (e) => e.from.startsWith('src/commands/') && (e.to.startsWith('@tensorflow/') || e.to.includes('/engines/tfjs/')),
     )

@@ -1,4 +1,4 @@
-"""PyTorch reference of the mhc project's model (src/model/model.ts): baseline, HC and mHC byte-level Transformers.
+"""PyTorch reference of the mhc project's model (src/model/params.ts, src/model/engines/tfjs/network.ts): baseline, HC and mHC byte-level Transformers.
 
 Same maths, same parameter names and the same storage layout as our TensorFlow.js implementation:
   * state_dict() keys equal our checkpoint's tensor names (tok_emb.weight, blocks.{b}.attn.qkv.weight, conn.{l}.phi, ...);
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import stio  # noqa: E402
 
-PRESETS = {  # src/model/presets.ts (model part; lr is the preset's peak learning rate)
+PRESETS = {  # src/model/config.ts PRESETS (model part; lr is the preset's peak learning rate)
     'tiny': dict(layers=1, dModel=32, heads=2, seqLen=32, batch=8, lr=3e-3),
     'small': dict(layers=4, dModel=128, heads=4, seqLen=64, batch=16, lr=3e-3),
     'medium': dict(layers=6, dModel=256, heads=8, seqLen=128, batch=32, lr=2e-3),
@@ -253,7 +253,7 @@ def init_params(model, seed=1337):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Optimiser: global-norm clipping and AdamW as src/model/train.ts
+# Optimiser: global-norm clipping and AdamW as src/model/engines/tfjs/engine.ts
 
 def clip_grad_(params, max_norm):
     """Ours: scale every gradient by max_norm / ||g|| when the global norm exceeds max_norm (0: no clipping). Returns

@@ -117,7 +117,7 @@ def cross_entropy(logits, targets):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# AdamW as src/model/train.ts trainStep (global-norm clipping, bias correction, decoupled decay on `decay` params)
+# AdamW as src/model/engines/tfjs/engine.ts trainStep (global-norm clipping, bias correction, decoupled decay on `decay` params)
 
 def adamw_step(params, grads, m, v, decay, t, lr, wd, beta1, beta2, eps, clip):
     norm = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))

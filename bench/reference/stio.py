@@ -60,7 +60,7 @@ def read_checkpoint(ckpt_dir, optimizer=False):
 
 
 def param_specs(cfg):
-    """[(name, shape, decay, init)] in our order (src/model/model.ts paramSpecs); init is ('normal', std) or
+    """[(name, shape, decay, init)] in our order (src/model/params.ts paramSpecs); init is ('normal', std) or
     ('const', value) or ('fn', f(flat_index) -> value)."""
     V, T, C, L, r, n = cfg['vocabSize'], cfg['seqLen'], cfg['dModel'], cfg['layers'], cfg['mlpRatio'], cfg['expansion']
     arch, gate = cfg['arch'], cfg['gateInit']

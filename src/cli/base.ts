@@ -135,12 +135,18 @@ export function flagError(err: any): never {
 
 const gib = (b: number) => `${(b / 2 ** 30).toFixed(b < 2 ** 30 ? 2 : 1)} GiB`
 
-/** Refuses (exit 2), before anything is allocated, a training run whose estimated memory exceeds the backend's. */
-export function assertFits(shape: TrainingShape, backend: BackendName): TrainingEstimate {
+/**
+ * Refuses (exit 2), before anything is allocated, a training run whose estimated memory exceeds the backend's. On
+ * the GPU backends (webgpu, tfjs-webgpu) the memory is the device's, which WebGPU does not report and the tfjs
+ * estimate does not describe: there the device's own allocation failure is the refusal (the webgpu engine turns it
+ * into the same exit 2 before the first step).
+ */
+export function assertFits(shape: TrainingShape, backend: BackendName): TrainingEstimate | undefined {
+  if (backend === 'webgpu' || backend === 'tfjs-webgpu') return undefined
   const e = trainingMemoryEstimate(shape)
   const budget = memoryBudget(backend)
-  // The estimate lands within ~5% of tfjs's own peak (bench/results/memory-estimate-tfjs.json); the allocator needs
-  // room beyond that, so only 90% of the budget is offered.
+  // The estimate lands within 5% of tfjs's own peak at the presets and within 14% over all 27 fitted shapes
+  // (bench/results/memory-estimate-tfjs.json); the allocator needs room beyond that, so only 90% of the budget is offered.
   const usable = 0.9 * budget.bytes
   if (e.bytes > usable) {
     const maxBatch = Math.floor((usable - e.state) / e.perSequence)

@@ -1,5 +1,5 @@
 import {Args, Flags} from '@oclif/core'
-import {existsSync, mkdtempSync, rmSync} from 'node:fs'
+import {mkdtempSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -27,13 +27,7 @@ import {CheckpointData} from '../model/io/checkpoint.js'
 import {checkpointCorpus, Corpus, loadCorpus} from '../model/io/data.js'
 import {parameterCount} from '../model/params.js'
 import {runTraining} from '../model/train/loop.js'
-import {
-  assertUnlocked,
-  completeCheckpoints,
-  METRICS_FILE,
-  readCheckpoint,
-  readStepRecords,
-} from '../model/train/run-dir.js'
+import {assertNoRun, completeCheckpoints, readCheckpoint, readRunSteps} from '../model/train/run-dir.js'
 import {analyzeGains, identityLayers} from '../profile/analysis/gain.js'
 import {checkpointMaps} from '../profile/analysis/maps.js'
 import {
@@ -140,39 +134,31 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
           `--d-model ${toTrain.model.dModel} must be divisible by the preset's ${toTrain.model.heads} heads`,
         )
       corpus = loadCorpus(flags.data, 0.1, toTrain.model.seqLen + 1)
-      if (flags.out) {
-        assertUnlocked(flags.out)
-        if (existsSync(join(flags.out, METRICS_FILE)))
-          throw new UsageError(
-            `${flags.out} already holds a run; check it with \`mhc check ${flags.out}\` or choose another --out`,
-          )
-      }
+      if (flags.out) assertNoRun(flags.out, `check it with \`mhc check ${flags.out}\` or choose another --out`)
 
       runDir = flags.out ?? mkdtempSync(join(tmpdir(), `mhc-check-${flags.arch}-`))
     } else {
       runDir = args.run!
-      if (!existsSync(join(runDir, METRICS_FILE)))
-        throw new UsageError(`${runDir}: no ${METRICS_FILE} (not a run directory)`)
+      readRunSteps(runDir) // not a run directory, or a corrupt metrics.jsonl: bad input before any work
     }
 
     // A run trained here without --out lives in a temporary directory that goes when the check is done.
     const temporary = flags.train && !flags.out
-    // A cancelled CI job sends SIGINT or SIGTERM: the temporary run goes too, and the exit code says "interrupted".
+    // A cancelled CI job sends SIGINT or SIGTERM (a closed terminal SIGHUP): the temporary run goes too, and the exit
+    // code says "interrupted".
+    const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const
     const onSignal = (sig: NodeJS.Signals) => {
       if (temporary) rmSync(runDir, {recursive: true, force: true})
       process.stderr.write(`${sig}: check interrupted${temporary ? `; removed ${runDir}` : ''}\n`)
-      process.removeListener('SIGINT', onSignal)
-      process.removeListener('SIGTERM', onSignal)
-      process.kill(process.pid, sig) // the default action now: ends as the signal says (a shell shows 130 or 143)
+      for (const s of signals) process.removeListener(s, onSignal)
+      process.kill(process.pid, sig) // the default action now: ends as the signal says (a shell shows 130, 143, 129)
     }
 
-    process.once('SIGINT', onSignal)
-    process.once('SIGTERM', onSignal)
+    for (const s of signals) process.once(s, onSignal)
     try {
       return await this.check(flags, runDir, t0, corpus, toTrain, temporary)
     } finally {
-      process.removeListener('SIGINT', onSignal)
-      process.removeListener('SIGTERM', onSignal)
+      for (const s of signals) process.removeListener(s, onSignal)
       if (temporary) rmSync(runDir, {recursive: true, force: true})
     }
   }
@@ -188,15 +174,11 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
     const engines = await this.openEngines(flags.backend)
     if (toTrain) await this.train(engines, toTrain, corpus!, runDir, flags.preset)
 
-    const {steps, tornLastLine} = readStepRecords(join(runDir, METRICS_FILE))
+    const {path, steps, tornLastLine} = readRunSteps(runDir)
     const notes: string[] = []
-    if (tornLastLine)
-      notes.push(
-        `the last line of ${join(runDir, METRICS_FILE)} is incomplete (a run killed mid-write) and was skipped`,
-      )
+    if (tornLastLine) notes.push(`the last line of ${path} is incomplete (a run killed mid-write) and was skipped`)
     for (const note of notes) this.logToStderr(`note: ${note}`)
-    if (steps.length === 0 && !toTrain)
-      throw new UsageError(`${join(runDir, METRICS_FILE)} holds no step records: nothing to check`)
+    if (steps.length === 0 && !toTrain) throw new UsageError(`${path} holds no step records: nothing to check`)
     // A run that saved no complete checkpoint (it diverged first) fails the weight and gain rules; a corrupt one is bad input.
     const saved = completeCheckpoints(runDir).length > 0
     const data: CheckpointData | undefined = saved ? readCheckpoint(runDir, {allowNonFinite: true}) : undefined

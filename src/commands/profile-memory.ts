@@ -147,6 +147,9 @@ forward+backward passes of a small mHC model on the current backend for each L_r
     }
     if (c.layers % c.pipelineStages !== 0)
       throw new UsageError(`--pipeline-stages ${c.pipelineStages} must divide the ${c.layers} blocks`)
+    // The same rule as a trained mHC model: n = 1 is no hyper-connection (H_pre's bias would be −ln 0).
+    const problem = connectionOf({arch: 'mhc'}).problem({expansion: c.expansion, sinkhornIters: 20} as ModelConfig)
+    if (problem) throw new UsageError(`--expansion ${c.expansion}: ${problem}`)
     const r = memoryReport(c)
     const unit = c.layerUnit === 'blocks' ? 'Transformer blocks' : 'sublayers (attention and MLP counted separately)'
     const tokens = c.seqLen * c.microBatchSize

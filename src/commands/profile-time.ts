@@ -1,5 +1,6 @@
 import {Flags} from '@oclif/core'
 
+import type {ModelConfig} from '../model/config.js'
 import type {MeasureResult} from '../profile/measure/apply-path.js'
 
 import {assertWritableFile, BaseCommand, flagError, UsageError} from '../cli/base.js'
@@ -18,6 +19,7 @@ import {
 } from '../cli/flags.js'
 import {chart, table} from '../cli/render.js'
 import {writeLineChartSvg} from '../cli/svg.js'
+import {connectionOf} from '../model/connections/index.js'
 import {backendJson} from '../model/engines/backends.js'
 import {HARDWARE, Hardware, HARDWARE_NAMES} from '../profile/cost-models/kernels.js'
 import {asciiTimeline, checkDualPipe, ScheduleError, ScheduleName, SCHEDULES} from '../profile/cost-models/pipeline.js'
@@ -206,7 +208,7 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
       microBatches: flags['micro-batches'] ?? model.pipeline.microBatches,
       microBatchSize: flags['micro-batch-size'] ?? model.pipeline.microBatchSize,
       p2pBandwidth: flags['p2p-bandwidth'] === undefined ? hw.network : flags['p2p-bandwidth'] * 1e9,
-      recomputeBlock: flags['recompute-block'] ?? 0, // 0: blocks are the pipeline stages (paper §4.3.2)
+      recomputeBlock: flags['recompute-block'], // unset: blocks are the pipeline stages (paper §4.3.2)
       recomputeCoefficients: flags['recompute-coefficients'],
       hideFraction: flags['hide-fraction'],
       overlap: {
@@ -227,6 +229,12 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
       }
     }
 
+    // The same rules as a trained mHC model (n ≥ 2, t_max ≥ 1): one meaning per flag across commands.
+    const problem = connectionOf({arch: 'mhc'}).problem({
+      expansion: cfg.expansion,
+      sinkhornIters: cfg.sinkhornIters,
+    } as ModelConfig)
+    if (problem) throw new UsageError(`--expansion ${cfg.expansion} --sinkhorn-iters ${cfg.sinkhornIters}: ${problem}`)
     if (cfg.schedule === 'dualpipe') usage(() => checkDualPipe(cfg.stages, cfg.microBatches))
     const report = usage(() => timeReport(cfg))
     const sweepNs = [2, 3, 4, 5, 6, 7, 8, 10, 12]

@@ -177,7 +177,8 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
 
     // SIGINT/SIGTERM: finish the current step, save a checkpoint, exit 130/143 (128 + the signal number, as a shell
     // reports a process the signal killed, so scripts see "interrupted", not success). Only the first signal is ours:
-    // taking the listeners off restores the default action, so a second one ends the process at once.
+    // taking the listeners off restores the default action, so a second one ends the process at once. Both are noticed
+    // only when the step in progress yields (a synchronous cpu-backend step can hold the process for minutes).
     const stop = new AbortController()
     const onSignal = (sig: NodeJS.Signals) => {
       process.removeListener('SIGINT', onSignal)

@@ -179,23 +179,24 @@ describe('resources and paths', () => {
 })
 
 describe('check --train cleans up after itself', () => {
-  it('SIGTERM (a cancelled CI job) removes the temporary run and ends as the signal says', async () => {
-    const tmp = tmpPath('tmpdir')
-    mkdirSync(tmp)
-    const run = startCli(['check', '--train', '--steps', '100000', '--json'], {env: {TMPDIR: tmp}})
-    const t0 = Date.now()
-    const runDirs = () => readdirSync(tmp).filter((f) => f.startsWith('mhc-check-'))
-    while (!runDirs().some((d) => existsSync(join(tmp, d, 'metrics.jsonl'))) && Date.now() - t0 < 60_000) {
-      await new Promise((r) => {
-        setTimeout(r, 100)
-      })
-    }
+  for (const sig of ['SIGTERM', 'SIGHUP'] as const)
+    it(`${sig} (a cancelled CI job, a closed terminal) removes the temporary run and ends as the signal says`, async () => {
+      const tmp = tmpPath('tmpdir')
+      mkdirSync(tmp)
+      const run = startCli(['check', '--train', '--steps', '100000', '--json'], {env: {TMPDIR: tmp}})
+      const t0 = Date.now()
+      const runDirs = () => readdirSync(tmp).filter((f) => f.startsWith('mhc-check-'))
+      while (!runDirs().some((d) => existsSync(join(tmp, d, 'metrics.jsonl'))) && Date.now() - t0 < 60_000) {
+        await new Promise((r) => {
+          setTimeout(r, 100)
+        })
+      }
 
-    assert.equal(runDirs().length, 1, 'training into a temporary run')
-    run.child.kill('SIGTERM')
-    const r = await run.done
-    assert.equal(r.signal, 'SIGTERM', showRun(r))
-    assert.deepEqual(runDirs(), [], 'the temporary run is gone')
-    assert.match(r.stderr, /SIGTERM: check interrupted; removed /)
-  })
+      assert.equal(runDirs().length, 1, 'training into a temporary run')
+      run.child.kill(sig)
+      const r = await run.done
+      assert.equal(r.signal, sig, showRun(r))
+      assert.deepEqual(runDirs(), [], 'the temporary run is gone')
+      assert.match(r.stderr, new RegExp(`${sig}: check interrupted; removed `))
+    })
 })

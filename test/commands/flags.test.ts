@@ -42,7 +42,6 @@ test('a flag shared by several commands has the same type, bounds, options and d
         continue
       }
 
-      // `preset` names a model preset in train/check and a paper configuration in the profilers: different catalogs.
       // `preset` names a model preset in train/check and a paper configuration in the profilers: two catalogs.
       if (name === 'preset') continue
       shared.add(name)

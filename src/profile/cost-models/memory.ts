@@ -183,7 +183,8 @@ const fmtCount = (v: number) =>
 // size that cannot fit is refused with the figure rather than ending in a wasm abort or the OOM killer. TensorFlow.js
 // keeps every intermediate of the backward pass, about 8× what Korthikanti et al. count for a fused implementation,
 // so the terms are this implementation's own: bytes per unit, fitted by least squares to tf.profile peaks of one
-// training step at 27 shapes (bench/memory-estimate.ts → bench/results/memory-estimate-tfjs.json, within 14%).
+// training step at 27 shapes (bench/memory-estimate.ts → bench/results/memory-estimate-tfjs.json: within 14% at those
+// small shapes, within 5% at the presets).
 
 export interface TrainingShape extends Pick<
   ModelConfig,

@@ -56,8 +56,11 @@ export interface TimeConfig {
   microBatchSize: number
   /** P2P bandwidth between consecutive stages, bytes/s. */
   p2pBandwidth: number
-  /** mHC recompute block L_r in layers (attention and FFN counted separately); 0 = one block per pipeline stage. */
-  recomputeBlock: number
+  /**
+   * mHC recompute block L_r in layers (attention and FFN counted separately); unset: one block per pipeline stage
+   * (the paper's §4.3.2 choice). Recomputation is always on in this model, so there is no "off" (0) here.
+   */
+  recomputeBlock?: number
   /** Whether the recompute pass re-runs the coefficient kernels too, or keeps H_pre, H_post, H_res from the forward. */
   recomputeCoefficients: boolean
   /** Share of an FFN F_post,res kernel's time hidden under the paired chunk's attention (high-priority stream). */
@@ -125,7 +128,7 @@ export const tokensPerMicroBatch = (cfg: TimeConfig) => cfg.model.seqLen * cfg.m
 export const stageLayers = (cfg: TimeConfig) => 2 * Math.ceil(cfg.model.layers / cfg.stages)
 
 export const recomputeBlockOf = (cfg: TimeConfig) =>
-  cfg.recomputeBlock > 0 ? Math.min(cfg.recomputeBlock, stageLayers(cfg)) : stageLayers(cfg)
+  cfg.recomputeBlock === undefined ? stageLayers(cfg) : Math.min(cfg.recomputeBlock, stageLayers(cfg))
 
 export interface StageParts {
   layerF: number
@@ -530,7 +533,6 @@ export function paperConfig(m: PaperModel, hw: Hardware): TimeConfig {
     microBatches: m.pipeline.microBatches,
     microBatchSize: m.pipeline.microBatchSize,
     p2pBandwidth: hw.network,
-    recomputeBlock: 0,
     recomputeCoefficients: DEFAULTS.recomputeCoefficients,
     hideFraction: DEFAULTS.hideFraction,
     overlap: {...DEFAULTS.overlap},

@@ -515,3 +515,11 @@ test('saving over an existing checkpoint of the same step leaves a complete, loa
   assert.deepEqual(readdirSync(run).sort(), ['ckpt-000001', 'latest'])
   assert.deepEqual(readdirSync(second).sort(), ['manifest.json', 'model.safetensors', 'optimizer.safetensors'])
 })
+
+test('a corpus must be a stable regular file: missing, a directory, /proc and bad UTF-8 are bad input', () => {
+  assert.throws(() => loadCorpus(join(root, 'nope.txt')), /nope\.txt: no such file/)
+  assert.throws(() => loadCorpus(root), /not a regular file/)
+  assert.throws(() => loadCorpus('/proc/self/status'), /a kernel pseudo-file \(\/proc, \/sys\), not a corpus/)
+  writeFileSync(join(root, 'latin1.txt'), Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x0a]))
+  assert.throws(() => loadCorpus(join(root, 'latin1.txt')), /not valid UTF-8 text/)
+})

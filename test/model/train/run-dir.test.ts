@@ -6,7 +6,14 @@ import {hostname, tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
-import {acquireRunLock, assertUnlocked, LOCK_FILE, lockHolder} from '../../../src/model/train/run-dir.js'
+import {
+  acquireRunLock,
+  assertUnlocked,
+  LOCK_FILE,
+  lockHolder,
+  METRICS_FILE,
+  openRunDir,
+} from '../../../src/model/train/run-dir.js'
 
 let root = ''
 before(() => {
@@ -64,16 +71,44 @@ describe('stale locks', () => {
     assert.ok(Number.isInteger(mine.startTicks), `start time recorded: ${JSON.stringify(mine)}`)
   })
 
-  it('a lock from another host holds while it is fresh and goes stale ten minutes after its last heartbeat', () => {
+  it('a lock from another host holds while it is fresh and goes stale thirty minutes after its last heartbeat', () => {
     const dir = tmpPath('other-host')
     mkdirSync(dir)
     const lock = join(dir, LOCK_FILE)
     writeFileSync(lock, JSON.stringify({pid: 1, host: 'another-host', started: '2026-01-01T00:00:00Z'}))
-    assert.throws(() => assertUnlocked(dir), /PID 1 on another-host.*goes stale 10 minutes after its last heartbeat/)
-    const old = new Date(Date.now() - 11 * 60_000)
+    assert.throws(() => assertUnlocked(dir), /PID 1 on another-host.*goes stale 30 minutes after its last heartbeat/)
+    const recent = new Date(Date.now() - 29 * 60_000) // a long synchronous step can delay the heartbeat this much
+    utimesSync(lock, recent, recent)
+    assert.ok(lockHolder(dir), 'still held 29 minutes after the last heartbeat')
+    const old = new Date(Date.now() - 31 * 60_000)
     utimesSync(lock, old, old)
     assert.equal(lockHolder(dir), undefined)
     acquireRunLock(dir)()
     assert.deepEqual(readdirSync(dir), [])
+  })
+})
+
+describe('a failed run removes only what it created, and only while empty', () => {
+  it('a/b/run created for a run that fails: a concurrent run started in a/ survives, the empty folders go', () => {
+    const a = tmpPath('parents')
+    const run = openRunDir(join(a, 'b', 'run'))
+    // Meanwhile another run starts beside it, under the same new parent.
+    mkdirSync(join(a, 'other'))
+    writeFileSync(join(a, 'other', METRICS_FILE), '{"type":"step","step":1,"loss":5,"gradNorm":1}\n')
+    run.discardIfUnused()
+    assert.ok(existsSync(join(a, 'other', METRICS_FILE)), 'the other run survives')
+    assert.deepEqual(readdirSync(a), ['other'], 'b/run went, a stays because it is not empty')
+  })
+
+  it('alone, every folder it created goes; a run that logged a step keeps everything', () => {
+    const a = tmpPath('alone')
+    openRunDir(join(a, 'b', 'run')).discardIfUnused()
+    assert.equal(existsSync(a), false)
+    const kept = join(tmpPath('logged'), 'run')
+    const run = openRunDir(kept)
+    writeFileSync(join(kept, METRICS_FILE), '{"type":"step","step":1,"loss":5,"gradNorm":1}\n')
+    run.discardIfUnused()
+    run.release()
+    assert.deepEqual(readdirSync(kept), [METRICS_FILE])
   })
 })
