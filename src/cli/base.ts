@@ -3,7 +3,7 @@ import {Command, Flags} from '@oclif/core'
 import {accessSync, constants, existsSync, realpathSync, statfsSync, statSync} from 'node:fs'
 import {dirname, extname, resolve} from 'node:path'
 
-import type {Engines} from '../model/engines/index.js'
+import type {EngineOptions, Engines} from '../model/engines/index.js'
 
 import {BackendName, describeBackend, memoryBudget, resolveBackendChoice} from '../model/engines/backends.js'
 import {InputError, NonFiniteError} from '../model/errors.js'
@@ -51,10 +51,11 @@ export abstract class BaseCommand extends Command {
    * code only now, and says which backend runs in one line on stderr (suppressed under --json, where the result
    * carries it as `backend`).
    */
-  protected async openEngines(flag: string | undefined): Promise<Engines> {
+  /** `needs`: the model and options the command will create, when known (an engine that cannot run them is skipped). */
+  protected async openEngines(flag: string | undefined, needs: Partial<EngineOptions> = {}): Promise<Engines> {
     const choice = resolveBackendChoice(flag, this.config.configDir)
     const {openEngines} = await import('../model/engines/index.js')
-    const engines = await openEngines(choice)
+    const engines = await openEngines(choice, needs)
     this.logToStderr(describeBackend(engines.report))
     return engines
   }

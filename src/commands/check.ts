@@ -171,7 +171,7 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
     toTrain: ReturnType<typeof configFromPreset> | undefined,
     temporary: boolean,
   ) {
-    const engines = await this.openEngines(flags.backend)
+    const engines = await this.openEngines(flags.backend, toTrain ? {model: toTrain.model} : {})
     if (toTrain) await this.train(engines, toTrain, corpus!, runDir, flags.preset)
 
     const {path, steps, tornLastLine} = readRunSteps(runDir)

@@ -34,7 +34,7 @@ export default class Eval extends BaseCommand {
     const ck = readCheckpoint(args.checkpoint) // verified before any work
     const {model, train} = ck.manifest
     const corpus = checkpointCorpus(ck.manifest.data, flags.data, model.seqLen + 1, false)
-    const engines = await this.openEngines(flags.backend)
+    const engines = await this.openEngines(flags.backend, {model})
     const engine = await engines.create({model, batch: train.batch})
     const windows = flags['eval-windows'] ?? train.evalWindows
     let valLoss: number

@@ -254,7 +254,8 @@ forward+backward passes of a small mHC model on the current backend for each L_r
     if (cfg.dModel % cfg.heads !== 0)
       throw new UsageError(`--d-model ${cfg.dModel} must be divisible by --heads ${cfg.heads}`)
     if (cfg.expansion < 2) throw new UsageError('--expansion must be at least 2 for an mHC model')
-    const engines = await this.openEngines(flags.backend)
+    // Every L_r is measured, so the engine must support recomputation.
+    const engines = await this.openEngines(flags.backend, {model: cfg, recomputeBlock: 1})
     assertFits({...cfg, params: parameterCount(cfg), batch, recomputeBlock: 0}, engines.report.backend)
     const L = numConnections(cfg)
     this.logToStderr(

@@ -114,14 +114,15 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
       : loadCorpus(flags.data, 0.1, model.seqLen + 1)
 
     // 3. The engine, after the memory it needs is known to fit.
-    const engines = await this.openEngines(flags.backend)
+    const needs = {model, batch: train.batch, recomputeBlock: train.recomputeBlock ?? 0}
+    const engines = await this.openEngines(flags.backend, needs)
     const backend = backendJson(engines.report)
     const nParams = parameterCount(model)
     assertFits(
-      {...model, params: nParams, batch: train.batch, recomputeBlock: train.recomputeBlock ?? 0},
+      {...model, params: nParams, batch: train.batch, recomputeBlock: needs.recomputeBlock},
       engines.report.backend,
     )
-    const engine = await engines.create({model, batch: train.batch, recomputeBlock: train.recomputeBlock ?? 0})
+    const engine = await engines.create(needs)
     this.logToStderr(
       `${model.arch}: ${model.layers} block${model.layers === 1 ? '' : 's'} (${2 * model.layers} layers), C=${model.dModel}, n=${connectionOf(model).streams(model)}, ` +
         `${(nParams / 1e6).toFixed(3)}M params; ${corpus.source}: ${corpus.train.length} train / ${corpus.val.length} val bytes; run dir ${outDir}`,

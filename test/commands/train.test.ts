@@ -291,7 +291,7 @@ describe('mhc train / eval', {concurrency: 2}, () => {
     assert.equal(lines.length, 1, show(r))
     assert.match(
       lines[0],
-      /^Error: no usable backend for --backend tensorflow \(tensorflow: disabled by MHC_NO_TFJS_NODE=1\)$/,
+      /^Error: no usable backend for --backend tensorflow \(tensorflow: disabled by MHC_NO_TFJS_NODE=1\); without a flag \(auto\) the best backend this machine has is used$/,
     )
     assert.ok(!existsSync(out))
   })

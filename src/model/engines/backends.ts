@@ -151,7 +151,9 @@ export function noUsableBackend(resolved: ResolvedChoice, attempts: BackendAttem
       : resolved.source === 'config'
         ? `backend ${resolved.choice} (${resolved.where})`
         : `--backend ${resolved.choice}`
-  return new BackendError(`no usable backend for ${asked} (${why})`)
+  // Named backends fail where the machine lacks them; auto always ends at cpu, so only a named one needs the hint.
+  const hint = resolved.choice === 'auto' ? '' : '; without a flag (auto) the best backend this machine has is used'
+  return new BackendError(`no usable backend for ${asked} (${why})${hint}`)
 }
 
 export const oneLine = (e: unknown) =>

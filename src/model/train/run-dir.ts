@@ -70,6 +70,8 @@ export function saveCheckpoint(
 /** A checkpoint directory, or a run directory whose `latest` names one. */
 export function resolveCheckpoint(path: string): string {
   if (!existsSync(path)) throw new CheckpointError(`${path}: no such checkpoint or run directory`)
+  // RUN/latest, as a shell completes it: the pointer file stands for its run.
+  if (basename(path) === LATEST && statSync(path).isFile()) return resolveCheckpoint(dirname(path))
   if (!statSync(path).isDirectory())
     throw new CheckpointError(`${path}: not a directory (expected a checkpoint or run directory)`)
   if (existsSync(join(path, MANIFEST))) return path

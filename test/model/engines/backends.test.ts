@@ -7,6 +7,7 @@ import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 import {pathToFileURL} from 'node:url'
 
+import {PRESETS} from '../../../src/model/config.js'
 import {readUserConfig, resolveBackendChoice} from '../../../src/model/engines/backends.js'
 import {AdapterInfo, isSoftwareAdapter} from '../../../src/model/engines/webgpu-probe.js'
 import {InputError} from '../../../src/model/errors.js'
@@ -113,5 +114,21 @@ process.stdout.write(JSON.stringify(r))`
     const out = JSON.parse(r.stdout)
     assert.equal(out.ok, true)
     assert.equal(out.adapter.device, 'NVIDIA H200')
+  })
+
+  it('auto skips the webgpu engine for what it cannot run (before opening a device) and opens the next backend', async () => {
+    const {openEngines} = await import('../../../src/model/engines/index.js')
+    const auto = {choice: 'auto', source: 'default'} as const
+    const withRecompute = await openEngines(auto, {recomputeBlock: 2})
+    assert.notEqual(withRecompute.report.backend, 'webgpu')
+    assert.match(withRecompute.report.attempts[0].reason ?? '', /^the webgpu engine keeps every activation/)
+    const model = {...PRESETS.tiny.model, arch: 'mhc' as const, expansion: 9}
+    const wide = await openEngines(auto, {model})
+    assert.match(wide.report.attempts[0].reason ?? '', /supports expansion n ≤ 8 \(got 9\)/)
+    // Named, the same refusal is bad input, not "no usable backend".
+    await assert.rejects(
+      openEngines({choice: 'webgpu', source: 'flag'}, {model}),
+      (e: unknown) => e instanceof InputError && /supports expansion n ≤ 8/.test((e as Error).message),
+    )
   })
 })

@@ -35,6 +35,7 @@ import {
   checkpointName,
   LATEST,
   readCheckpoint as loadCheckpoint,
+  resolveCheckpoint,
   saveCheckpoint,
 } from '../../../src/model/train/run-dir.js'
 
@@ -522,4 +523,12 @@ test('a corpus must be a stable regular file: missing, a directory, /proc and ba
   assert.throws(() => loadCorpus('/proc/self/status'), /a kernel pseudo-file \(\/proc, \/sys\), not a corpus/)
   writeFileSync(join(root, 'latin1.txt'), Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x0a]))
   assert.throws(() => loadCorpus(join(root, 'latin1.txt')), /not valid UTF-8 text/)
+})
+
+test("a checkpoint is named by its directory, its run directory, or the run's latest file", () => {
+  assert.equal(resolveCheckpoint(refCkpt), refCkpt)
+  assert.equal(resolveCheckpoint(refRun), refCkpt)
+  assert.equal(resolveCheckpoint(join(refRun, LATEST)), refCkpt)
+  writeFileSync(join(root, 'not-latest'), 'ckpt-000002\n')
+  assert.throws(() => resolveCheckpoint(join(root, 'not-latest')), /not a directory/)
 })

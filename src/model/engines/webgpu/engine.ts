@@ -24,7 +24,8 @@ export const SOFTWARE_ENV = 'MHC_WEBGPU_SOFTWARE'
  * and how the command path is tested without a GPU.
  */
 export async function openDevice(opts: {allowSoftware?: boolean} = {}): Promise<GPUDevice> {
-  if (opts.allowSoftware && process.env[SOFTWARE_ENV] === '1') return requestDevice({backend: 'software'})
+  const software = process.env[SOFTWARE_ENV]
+  if (opts.allowSoftware && software && !/^(0|false|no)$/i.test(software)) return requestDevice({backend: 'software'})
   const probe = await probeWebgpu()
   if (!probe.ok) throw new Error(probe.reason)
   process.env.VK_LOADER_DRIVERS_DISABLE ??= '*lvp*,*swiftshader*' // their native warnings stay out of this process
@@ -35,6 +36,22 @@ export async function openDevice(opts: {allowSoftware?: boolean} = {}): Promise<
       error instanceof NoAdapterError ? error.message : `Dawn could not open the GPU: ${(error as Error).message}`,
     )
   }
+}
+
+/** The streams the kernels are compiled for (per-thread arrays of n and n² entries). */
+export const MAX_EXPANSION = 8
+
+/**
+ * Why this engine cannot run a model, before any device is opened: `--backend auto` then moves on to the tfjs
+ * engine; an explicit `--backend webgpu` reports it as bad input.
+ */
+export function unsupported(needs: Partial<EngineOptions>): string | undefined {
+  if ((needs.recomputeBlock ?? 0) > 0)
+    return 'the webgpu engine keeps every activation: --recompute-block needs a tfjs backend (e.g. --backend wasm)'
+  const m = needs.model
+  if (m && m.arch !== 'baseline' && m.expansion > MAX_EXPANSION)
+    return `the webgpu engine supports expansion n ≤ ${MAX_EXPANSION} (got ${m.expansion}); use a tfjs backend (e.g. --backend wasm)`
+  return undefined
 }
 
 export class WebGpuEngine implements Engine {
@@ -48,11 +65,8 @@ export class WebGpuEngine implements Engine {
 
   /** Builds the model for batches of `options.batch` sequences (16 when not given: evaluation and maps chunk by it). */
   static async create(device: GPUDevice, options: EngineOptions): Promise<WebGpuEngine> {
-    if ((options.recomputeBlock ?? 0) > 0) {
-      throw new InputError(
-        'the webgpu engine keeps every activation: --recompute-block needs a tfjs backend (e.g. --backend wasm)',
-      )
-    }
+    const why = unsupported(options)
+    if (why) throw new InputError(why)
 
     try {
       return new WebGpuEngine(options.model, await WebGpuTrainer.create(device, options.model, options.batch ?? 16))
@@ -60,7 +74,9 @@ export class WebGpuEngine implements Engine {
       const {message} = error as Error
       // The device said no (out of memory, a binding over its limit): the model is too large for it, which the user can fix.
       if (/out.of.memory|exceeds|limit/i.test(message))
-        throw new InputError(`this model does not fit on the GPU: ${message.split('\n')[0]}`)
+        throw new InputError(
+          `this model does not fit on the GPU: ${message.split('\n')[0]} (smaller --batch, --layers or --d-model)`,
+        )
       throw error
     }
   }

@@ -94,6 +94,10 @@ export async function requestDevice(opts: DeviceOptions = {}): Promise<GPUDevice
 
   const requiredFeatures = (opts.features ?? []).filter((f) => adapter.features.has(f))
   const device = await adapter.requestDevice({requiredLimits, requiredFeatures})
+  // A lost device (driver reset, another process taking the GPU, a hung kernel) fails every later read: remember why.
+  device.lost.then((info) =>
+    lost.set(device, `${info.reason}${info.message ? `: ${info.message.split('\n')[0]}` : ''}`),
+  )
   device.addEventListener('uncapturederror', (e: Event) => {
     const msg = (e as GPUUncapturedErrorEvent).error?.message ?? String(e)
     uncaptured.push(msg)
@@ -104,6 +108,17 @@ export async function requestDevice(opts: DeviceOptions = {}): Promise<GPUDevice
 
 /** Uncaptured device errors of this process (validation errors of a mis-built op show up here). */
 export const uncaptured: string[] = []
+
+const lost = new WeakMap<GPUDevice, string>()
+
+/** Why a device was lost, or undefined while it lives. */
+export const lostReason = (device: GPUDevice): string | undefined => lost.get(device)
+
+/** A read that failed: on a lost device, say so (the run resumes from its last checkpoint); else the error itself. */
+export function deviceError(device: GPUDevice, error: unknown): Error {
+  const why = lost.get(device)
+  return why ? new Error(`the GPU device was lost (${why}); resume from the last checkpoint`) : (error as Error)
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -256,11 +271,16 @@ export class Gpu {
     const enc = this.device.createCommandEncoder()
     enc.copyBufferToBuffer(src, offset, staging, 0, size)
     this.device.queue.submit([enc.finish()])
-    await staging.mapAsync(GPUMapMode.READ)
-    const out = staging.getMappedRange().slice(0, bytes)
-    staging.unmap()
-    staging.destroy()
-    return out
+    try {
+      await staging.mapAsync(GPUMapMode.READ)
+      const out = staging.getMappedRange().slice(0, bytes)
+      staging.unmap()
+      return out
+    } catch (error) {
+      throw deviceError(this.device, error)
+    } finally {
+      staging.destroy()
+    }
   }
 
   async readF32(src: GPUBuffer, offsetFloats = 0, count?: number): Promise<Float32Array> {

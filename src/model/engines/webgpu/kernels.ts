@@ -93,6 +93,17 @@ fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000
 // ---------------------------------------------------------------------------------------------------------------
 // Embedding
 
+// A weight-gradient partial of one token tile: each thread's value wp for channel c, summed over the tile's TT
+// tokens in a fixed order and stored at part[tile·stride + c] (reduced over tiles later, deterministically).
+const tilePartial = (stride: string) => /* wgsl */ `red[li] = wp;
+    workgroupBarrier();
+    if (tok == 0u && c < C) {
+      var acc = 0.0;
+      for (var q = 0u; q < TT; q++) { acc += red[q * SL + lane]; }
+      part[tile * ${stride} + c] = acc;
+    }
+    workgroupBarrier();`
+
 /** X0[t, j, c] = tok_emb[x_t, c] + pos_emb[t mod T, c] for each of the n streams. grid: ceil(N·C/256) (2-D). */
 export function embedFwd(d: Dims, tokOff: number, posOff: number): KernelSpec {
   return {
@@ -311,14 +322,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nw: vec3u, @
           : ''
       }
     }
-    red[li] = wp;
-    workgroupBarrier();
-    if (tok == 0u && c < C) {
-      var acc = 0.0;
-      for (var q = 0u; q < TT; q++) { acc += red[q * SL + lane]; }
-      part[tile * C + c] = acc;
-    }
-    workgroupBarrier();
+    ${tilePartial('C')}
   }
   ${post ? 'postFinish(tc, li, &pacc, valid);' : ''}
 }`,
@@ -385,6 +389,14 @@ const SCALE: f32 = ${f32(1 / Math.sqrt(d.D))};`,
   }
 }
 
+// The workgroup's threads copy KB keys and values of head h (from key k0 on, zeros past T) into workgroup memory.
+const kvTile = (ks: string, vs: string) => /* wgsl */ `for (var e = li; e < KB * D; e += AQ) {
+      let key = k0 + e / D;
+      var kv = 0.0; var vv = 0.0;
+      if (key < T) { let o = (b * T + key) * C3 + h * D + e % D; kv = qkv[o + C]; vv = qkv[o + 2u * C]; }
+      ${ks}[e] = kv; ${vs}[e] = vv;
+    }`
+
 /** y = softmax(q·kᵀ/√D + causal mask)·v; lse[bh·T + i] kept for the backward. bindings: qkv, y (rw), lse (rw). grid: (ceil(T/64), B·H). */
 export function attnFwd(d: Dims): KernelSpec {
   const {code: consts} = attnConsts(d)
@@ -411,12 +423,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: 
   var l = 0.0;
   let kend = min(T, (wid.x + 1u) * AQ);
   for (var k0 = 0u; k0 < kend; k0 += KB) {
-    for (var e = li; e < KB * D; e += AQ) {
-      let key = k0 + e / D;
-      var kv = 0.0; var vv = 0.0;
-      if (key < T) { let o = (b * T + key) * C3 + h * D + e % D; kv = qkv[o + C]; vv = qkv[o + 2u * C]; }
-      Ks[e] = kv; Vs[e] = vv;
-    }
+    ${kvTile('Ks', 'Vs')}
     workgroupBarrier();
     for (var j = 0u; j < KB; j++) {
       if (!valid || k0 + j > qi) { break; }
@@ -484,12 +491,7 @@ fn dq(wx: u32, bh: u32, li: u32) {
   let ls = lse[bh * T + min(qi, T - 1u)];
   let kend = min(T, (wx + 1u) * AQ);
   for (var k0 = 0u; k0 < kend; k0 += KB) {
-    for (var e = li; e < KB * D; e += AQ) {
-      let key = k0 + e / D;
-      var kv = 0.0; var vv = 0.0;
-      if (key < T) { let o = (b * T + key) * C3 + h * D + e % D; kv = qkv[o + C]; vv = qkv[o + 2u * C]; }
-      S1[e] = kv; S2[e] = vv;
-    }
+    ${kvTile('S1', 'S2')}
     workgroupBarrier();
     for (var j = 0u; j < KB; j++) {
       if (!valid || k0 + j > qi) { break; }
@@ -958,14 +960,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nw: vec3u, @
       for (var j = 0u; j < NS; j++) { dpre[j] += dh * xs[j]; }
       if (valid) { wp = g * (h * rh); }
     }
-    red[li] = wp;
-    workgroupBarrier();
-    if (tok == 0u && c < C) {
-      var acc = 0.0;
-      for (var q = 0u; q < TT; q++) { acc += red[q * SL + lane]; }
-      part[tile * PW + c] = acc;
-    }
-    workgroupBarrier();
+    ${tilePartial('PW')}
   }
   for (var v = 0u; v < 8u; v++) { var x = 0.0; if (v < NS) { x = dpre[v]; } red8[v * 256u + li] = x; }
   reduce8(li);

@@ -4,7 +4,7 @@
 // step replayed as one command buffer (one compute pass) that ends with the gradient norm, the clip and AdamW decided
 // on the GPU. Per step the host writes the batch and the hyper-parameters and reads back 8 floats.
 import {ModelConfig, numConnections} from '../../config.js'
-import {BufferRange, Gpu, grid2, Op} from './gpu.js'
+import {BufferRange, deviceError, Gpu, grid2, Op, uncaptured} from './gpu.js'
 import {
   adamwKernel,
   attnBwd,
@@ -572,6 +572,7 @@ export class WebGpuTrainer {
   private async stats(ops: Op[]): Promise<Float32Array> {
     if (this.busy) throw new Error('WebGpuTrainer: one call at a time (await the previous one)')
     this.busy = true
+    const errorsBefore = uncaptured.length
     try {
       // The forward pass is submitted on its own: the GPU runs it while the host encodes the backward pass.
       this.gpu.submit(
@@ -582,7 +583,11 @@ export class WebGpuTrainer {
       await this.readback.mapAsync(GPUMapMode.READ)
       const s = new Float32Array(this.readback.getMappedRange().slice(0))
       this.readback.unmap()
+      // An invalid command buffer does not run, and the read-back would show the previous step's numbers as new.
+      if (uncaptured.length > errorsBefore) throw new Error(`WebGPU error in this step: ${uncaptured[errorsBefore]}`)
       return s
+    } catch (error) {
+      throw deviceError(this.device, error)
     } finally {
       this.busy = false
     }
@@ -631,13 +636,19 @@ export class WebGpuTrainer {
   async collectMaps(x: Int32Array | ArrayLike<number>): Promise<ConnectionMaps> {
     const {n, CS, N} = this.d
     if (this.d.arch === 'baseline') throw new Error('collectMaps: the baseline has no connection maps')
+    if (this.busy) throw new Error('WebGpuTrainer: one call at a time (await the previous one)')
     const res: ConnectionMaps = {hPre: [], hPost: [], hRes: []}
     const conns = this.cst.length
     const parts: Float32Array[][] = Array.from({length: conns}, () => [])
-    for (let i = 0; i < x.length; i += N) {
-      const count = this.writeBatch(Array.prototype.slice.call(x, i, i + N) as number[])
-      this.gpu.submit(this.forwardOps) // queue order: any step submitted before has finished with the batch buffer
-      for (let l = 0; l < conns; l++) parts[l].push(await this.gpu.readF32(this.cst[l], 0, count * CS))
+    this.busy = true // the batch buffer is ours until the last read
+    try {
+      for (let i = 0; i < x.length; i += N) {
+        const count = this.writeBatch(Array.prototype.slice.call(x, i, i + N) as number[])
+        this.gpu.submit(this.forwardOps) // queue order: any step submitted before has finished with the batch buffer
+        for (let l = 0; l < conns; l++) parts[l].push(await this.gpu.readF32(this.cst[l], 0, count * CS))
+      }
+    } finally {
+      this.busy = false
     }
 
     for (let l = 0; l < conns; l++) {

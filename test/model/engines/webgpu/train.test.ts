@@ -24,6 +24,17 @@ before(async () => {
   await selectBackend('wasm')
 })
 
+/** The trainer's step hyper-parameters for step t (AdamW with decay 0.1, clipping at 1). */
+const adamw = (lr: number, t: number): StepHyper => ({
+  lr,
+  beta1: 0.9,
+  beta2: 0.95,
+  eps: 1e-8,
+  weightDecay: 0.1,
+  gradClip: 1,
+  t,
+})
+
 type Rec = Record<string, Float32Array>
 const record = async (p: Record<string, tf.Variable>): Promise<Rec> =>
   Object.fromEntries(
@@ -151,15 +162,7 @@ test(
     const rec = await record(params)
     tf.dispose(Object.values(params))
     const eng = await WebGpuTrainer.create(gpu!.device, cfg, 4, rec)
-    const hp = (t: number): StepHyper => ({
-      lr: 1e-3,
-      beta1: 0.9,
-      beta2: 0.95,
-      eps: 1e-8,
-      weightDecay: 0.1,
-      gradClip: 1,
-      t,
-    })
+    const hp = (t: number) => adamw(1e-3, t)
     const {x, y} = windowsToBatch(text, [3, 300, 900, 2000], cfg.seqLen)
     const ok = await eng.trainStep(x, y, hp(1)) // moments non-zero from here on
     assert.equal(ok.nonFinite, false)
@@ -240,15 +243,7 @@ test(
     const rec = await record(params)
     tf.dispose(Object.values(params))
     const a = await WebGpuTrainer.create(gpu!.device, cfg, 4, rec)
-    const hp = (t: number): StepHyper => ({
-      lr: 2e-3,
-      beta1: 0.9,
-      beta2: 0.95,
-      eps: 1e-8,
-      weightDecay: 0.1,
-      gradClip: 1,
-      t,
-    })
+    const hp = (t: number) => adamw(2e-3, t)
     for (let t = 1; t <= 2; t++) {
       const {x, y} = windowsToBatch(text, [t, 400 + t, 1200 + t, 3000 + t], cfg.seqLen)
       await a.trainStep(x, y, hp(t))
