@@ -1,5 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
+import type {CheckpointData} from '../model/io/checkpoint.js'
+
 import {assertWritableFile, BaseCommand, flagError, UsageError} from '../cli/base.js'
 import {backendFlag, CHART_EXTENSIONS, chartFlag, gateFlags, tokensFlag} from '../cli/flags.js'
 import {chart, heatmap, sideBySide, table} from '../cli/render.js'
@@ -8,7 +10,8 @@ import {numConnections} from '../model/config.js'
 import {connectionOf} from '../model/connections/index.js'
 import {backendJson} from '../model/engines/backends.js'
 import {writeFileAtomic} from '../model/io/atomic.js'
-import {checkpointCorpus} from '../model/io/data.js'
+import {checkpointCorpus, type Corpus} from '../model/io/data.js'
+import {type MapsFile, readMapsFile, writeMapsFile} from '../model/io/maps-file.js'
 import {readCheckpoint} from '../model/train/run-dir.js'
 import {
   analyzeGains,
@@ -31,15 +34,21 @@ Gates (--max-gain, --max-composite-gain; each bounds forward and backward) exit 
 input exits 2.`
   static override examples = [
     '<%= config.bin %> <%= command.id %> runs/mhc',
+    '<%= config.bin %> <%= command.id %> runs/mhc --maps torch-maps.safetensors',
     '<%= config.bin %> <%= command.id %> runs/hc runs/mhc --chart gains.svg --csv gains.csv',
     '<%= config.bin %> <%= command.id %> runs/mhc --max-gain 1.05 --max-composite-gain 2 --json',
     '<%= config.bin %> <%= command.id %> runs/mhc --heatmap-layers 0,7',
   ]
   static override strict = false // any number of checkpoints
   static override args = {
-    checkpoint: Args.string({required: true, description: 'checkpoint or run directory (more may follow)'}),
+    checkpoint: Args.string({description: 'checkpoint or run directory (more may follow)'}),
   }
   static override flags = {
+    maps: Flags.string({
+      multiple: true,
+      description:
+        'a maps file from any framework (safetensors, h_res.{l} [tokens, n, n]; see README), analysed like a checkpoint (repeatable)',
+    }),
     data: Flags.string({description: 'text to sample (its validation split) [default: each checkpoint corpus]'}),
     tokens: tokensFlag(),
     'heatmap-layers': Flags.string({
@@ -47,6 +56,9 @@ input exits 2.`
     }),
     ...gateFlags(),
     csv: Flags.string({description: 'write every layer of every checkpoint as CSV'}),
+    'save-maps': Flags.string({
+      description: "write the checkpoint's maps (H_pre, H_post, H_res of every token and layer) as a maps file",
+    }),
     chart: chartFlag('the gains over depth'),
     prefix: Flags.boolean({
       default: false,
@@ -59,6 +71,9 @@ input exits 2.`
     const {argv, flags} = await this.parse(AnalyzeGain).catch(flagError)
     this.verbose = flags.verbose
     const paths = argv as string[]
+    const mapsFiles = flags.maps ?? []
+    if (paths.length === 0 && mapsFiles.length === 0)
+      throw new UsageError('give a checkpoint or run directory, or --maps FILE')
     const rules: GateRule[] = (
       [
         ['single', flags['max-gain'], '--max-gain'],
@@ -76,31 +91,66 @@ input exits 2.`
 
     // Output paths, then every checkpoint and its text, before any work: a bad path fails fast, not after the analysis.
     if (flags.csv) assertWritableFile(flags.csv, '--csv')
+    if (flags['save-maps']) {
+      assertWritableFile(flags['save-maps'], '--save-maps', ['.safetensors'])
+      if (paths.length !== 1 || mapsFiles.length > 0)
+        throw new UsageError('--save-maps writes the maps of one checkpoint: give exactly one, and no --maps')
+    }
+
     if (flags.chart) assertWritableFile(flags.chart, '--chart', CHART_EXTENSIONS)
-    const inputs = paths.map((p) => {
-      const data = readCheckpoint(p)
-      const {model} = data.manifest
-      const L = numConnections(model)
+    type Input = {kind: 'checkpoint'; data: CheckpointData; corpus?: Corpus} | {kind: 'maps'; maps: MapsFile}
+    const inputs: Input[] = [
+      ...paths.map((p): Input => {
+        const data = readCheckpoint(p)
+        const {model} = data.manifest
+        const corpus =
+          connectionOf(model).coefficients === 'none'
+            ? undefined
+            : checkpointCorpus(data.manifest.data, flags.data, model.seqLen + 1, false)
+        return {kind: 'checkpoint', data, corpus}
+      }),
+      ...mapsFiles.map((p): Input => ({kind: 'maps', maps: readMapsFile(p)})),
+    ]
+    for (const input of inputs) {
+      const [where, L] =
+        input.kind === 'maps'
+          ? [input.maps.path, input.maps.hRes.length]
+          : [input.data.dir, numConnections(input.data.manifest.model)]
       if (heatLayers?.some((l) => l >= L))
-        throw new UsageError(`--heatmap-layers ${flags['heatmap-layers']}: ${data.dir} has layers 0..${L - 1}`)
-      const corpus =
-        connectionOf(model).coefficients === 'none'
-          ? undefined
-          : checkpointCorpus(data.manifest.data, flags.data, model.seqLen + 1, false)
-      return {data, corpus}
-    })
-    const engines = await this.openEngines(flags.backend)
+        throw new UsageError(`--heatmap-layers ${flags['heatmap-layers']}: ${where} has layers 0..${L - 1}`)
+    }
+
+    // An engine only where maps must be computed: a residual model's are the identity, a maps file has them.
+    const engines = inputs.some((i) => i.kind === 'checkpoint' && i.corpus)
+      ? await this.openEngines(flags.backend)
+      : undefined
 
     const runs: {
       name: string
       arch: string
-      step: number
+      step: number | null
       n: number
       tokens: number
       analysis?: GainAnalysis
       layers: LayerGains[]
     }[] = []
-    for (const {data, corpus} of inputs) {
+    for (const input of inputs) {
+      if (input.kind === 'maps') {
+        const {maps} = input
+        const analysis = analyzeGains(maps.hRes, maps.n)
+        runs.push({
+          name: maps.path,
+          arch: maps.arch ?? 'maps',
+          step: null,
+          n: maps.n,
+          tokens: maps.tokens,
+          analysis,
+          layers: analysis.layers,
+        })
+        continue
+      }
+
+      const {data, corpus} = input
       const {model, step} = data.manifest
       if (!corpus) {
         runs.push({
@@ -114,7 +164,18 @@ input exits 2.`
         continue
       }
 
-      const maps = await checkpointMaps(engines, data, corpus.val, flags.tokens)
+      const maps = await checkpointMaps(engines!, data, corpus.val, flags.tokens)
+      if (flags['save-maps']) {
+        writeMapsFile(flags['save-maps'], maps, {
+          n: model.expansion,
+          constraint: connectionOf(model).resConstraint,
+          arch: model.arch,
+          layerKinds: Array.from({length: maps.hRes.length}, (_, l) => (l % 2 === 0 ? 'attn' : 'mlp')),
+          source: `mhc analyze-gain ${data.dir} (step ${step}, ${maps.tokens} validation tokens)`,
+        })
+        this.logToStderr(`maps written to ${flags['save-maps']}`)
+      }
+
       const analysis = analyzeGains(maps.hRes, model.expansion)
       runs.push({
         name: data.dir,
@@ -132,7 +193,7 @@ input exits 2.`
     const g = (s: {mean: number; max: number}) => `${f(s.mean)} (${f(s.max)})`
     for (const r of runs) {
       this.log(
-        `\n${r.name} — ${r.arch}, step ${r.step}` +
+        `\n${r.name} — ${r.arch}${r.step === null ? ' (maps file)' : `, step ${r.step}`}` +
           (r.analysis
             ? `, n = ${r.n}, ${r.tokens} tokens; gains are "mean over tokens (worst token)"`
             : ': a residual connection; H_res is the identity (n = 1), so every gain is exactly 1.'),
@@ -189,7 +250,7 @@ input exits 2.`
           runs.map((r) => [
             r.name,
             r.arch,
-            r.step,
+            r.step ?? '—',
             f(worst(r, 'single', 'forward')),
             f(worst(r, 'single', 'backward')),
             f(worst(r, 'composite', 'forward')),
@@ -210,7 +271,7 @@ input exits 2.`
     )
     const logScale = Math.max(...all) / Math.max(1e-12, Math.min(...all)) > 10
     const tr = (v: number) => (logScale ? Math.log10(v) : v)
-    const label = (r: (typeof runs)[number]) => `${r.arch}@${r.step}`
+    const label = (r: (typeof runs)[number]) => `${r.arch}@${r.step ?? 'maps'}`
     this.log(
       '\n' +
         chart(
@@ -269,7 +330,7 @@ input exits 2.`
         r.layers.map((l) => [
           r.name,
           r.arch,
-          r.step,
+          r.step ?? '',
           l.layer,
           l.sublayer,
           ...(['single', 'composite', 'prefix'] as const).flatMap((k) =>
@@ -292,7 +353,7 @@ input exits 2.`
     for (const gate of gates) (gate.pass ? this.log.bind(this) : this.logToStderr.bind(this))(describeGate(gate))
     if (gates.some((x) => !x.pass)) process.exitCode = 1
     return {
-      backend: backendJson(engines.report),
+      backend: engines ? backendJson(engines.report) : null,
       aggregate: 'mean = Amax gain averaged over the tokens of the sample (as the paper); max = worst token',
       runs: runs.map((r) => ({
         checkpoint: r.name,

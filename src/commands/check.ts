@@ -25,6 +25,7 @@ import {NonFiniteError} from '../model/errors.js'
 import {writeFileAtomic} from '../model/io/atomic.js'
 import {CheckpointData} from '../model/io/checkpoint.js'
 import {checkpointCorpus, Corpus, loadCorpus} from '../model/io/data.js'
+import {readMapsFile} from '../model/io/maps-file.js'
 import {parameterCount} from '../model/params.js'
 import {runTraining} from '../model/train/loop.js'
 import {assertNoRun, completeCheckpoints, readCheckpoint, readRunSteps} from '../model/train/run-dir.js'
@@ -34,6 +35,7 @@ import {
   CheckInput,
   describeValue,
   evaluateRules,
+  RuleResult,
   Thresholds,
   toJUnit,
   worstStochasticity,
@@ -69,6 +71,7 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
     '<%= config.bin %> <%= command.id %> runs/mhc',
     '<%= config.bin %> <%= command.id %> --train --arch hc --preset tiny --layers 4 --steps 150 --lr 0.01 --grad-clip 0 --junit check.xml',
     '<%= config.bin %> <%= command.id %> runs/hc --max-composite-gain 5 --skip loss-spike --json',
+    '<%= config.bin %> <%= command.id %> --maps torch-maps.safetensors --max-gain 1.05',
   ]
   static override args = {run: Args.string({required: false, description: 'run directory to check (or use --train)'})}
   static override flags = {
@@ -110,6 +113,9 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
     tokens: tokensFlag(),
     skip: Flags.string({multiple: true, options: RULES, description: 'rule to leave out (repeatable)'}),
     junit: Flags.string({description: 'write a JUnit XML report (one testcase per rule)'}),
+    maps: Flags.string({
+      description: 'check a maps file from any framework instead of a run (the gain and doubly-stochastic rules)',
+    }),
     backend: backendFlag(),
   }
 
@@ -117,9 +123,10 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
     const {args, flags} = await this.parse(Check).catch(flagError)
     this.verbose = flags.verbose
     const t0 = performance.now()
-    if (flags.train === (args.run !== undefined))
-      throw new UsageError('give either a run directory or --train (not both)')
+    if ([flags.train, args.run !== undefined, flags.maps !== undefined].filter(Boolean).length !== 1)
+      throw new UsageError('give one of: a run directory, --train, or --maps FILE')
     if (flags.junit) assertWritableFile(flags.junit, '--junit')
+    if (flags.maps) return this.checkMaps(flags, flags.maps, t0)
     if (flags.out) assertWritableDir(flags.out, '--out')
 
     // Inputs first: the run's metrics and checkpoint, or the config and corpus of the run to train.
@@ -206,20 +213,36 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
       }
     }
 
-    const thresholds: Thresholds = {
-      spikeK: flags['spike-k'],
-      spikeWindow: flags['spike-window'],
-      warmup: flags['warmup-steps'] ?? defaultWarmup(data?.manifest.train ?? toTrain?.train, steps.length),
-      maxGradRatio: flags['max-grad-ratio'],
-      maxGain: flags['max-gain'],
-      maxCompositeGain: flags['max-composite-gain'],
-      gainAggregate: flags['gate-on'],
-      dsTolerance: flags['ds-tolerance'],
-    }
+    const thresholds = thresholdsOf(
+      flags,
+      flags['warmup-steps'] ?? defaultWarmup(data?.manifest.train ?? toTrain?.train, steps.length),
+    )
     const results = evaluateRules(input, thresholds)
-    const seconds = (performance.now() - t0) / 1000
-    const failed = results.filter((r) => !r.pass)
+    const label = temporary ? `--train --arch ${toTrain!.model.arch}` : runDir
+    const failed = this.report(
+      flags,
+      results,
+      t0,
+      label,
+      temporary ? ' (a temporary run, removed now; --out keeps it)' : '',
+    )
 
+    return {
+      backend: backendJson(engines.report),
+      run: runDir,
+      kept: !temporary,
+      arch: data?.manifest.model.arch ?? toTrain?.model.arch,
+      checkpoint: data?.dir,
+      pass: failed.length === 0,
+      notes,
+      rules: results,
+      thresholds,
+    }
+  }
+
+  /** The rule table, the failures on stderr, the JUnit file; sets the exit code. Returns the failed rules. */
+  private report(flags: any, results: RuleResult[], t0: number, label: string, note = ''): RuleResult[] {
+    const failed = results.filter((r) => !r.pass)
     this.log(
       table(
         ['rule', 'status', 'measured', 'threshold', 'where'],
@@ -233,30 +256,46 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
         ['left', 'center', 'right', 'right', 'left'],
       ),
     )
-    this.log(
-      `${runDir}: ${results.length} rules, ${failed.length} failed${temporary ? ' (a temporary run, removed now; --out keeps it)' : ''}`,
-    )
+    this.log(`${label}: ${results.length} rules, ${failed.length} failed${note}`)
     for (const r of failed)
       this.logToStderr(
         `FAIL ${r.rule}: ${describeValue(r).value} (threshold ${describeValue(r).threshold}, ${r.unit})${r.detail ? `; ${r.detail}` : ''}`,
       )
     if (flags.junit) {
-      writeFileAtomic(
-        flags.junit,
-        toJUnit(results, `mhc check ${temporary ? `--train --arch ${toTrain!.model.arch}` : runDir}`, seconds),
-      )
+      writeFileAtomic(flags.junit, toJUnit(results, `mhc check ${label}`, (performance.now() - t0) / 1000))
       this.logToStderr(`JUnit report written to ${flags.junit}`)
     }
 
     if (failed.length > 0) process.exitCode = 1
+    return failed
+  }
+
+  /**
+   * A maps file from any framework: the gain rules and, where the file says H_res is Sinkhorn-projected, the
+   * doubly-stochastic rule. The rules about training (losses, gradients, weights) have nothing to read there.
+   */
+  private checkMaps(flags: any, path: string, t0: number) {
+    const maps = readMapsFile(path)
+    const input: CheckInput = {
+      steps: [],
+      skip: [...(flags.skip ?? []), ...TRAINING_RULES],
+      checkpoint: {
+        dir: path,
+        arch: maps.arch ?? 'maps',
+        doublyStochastic: maps.constraint === 'sinkhorn',
+        nonFiniteWeights: 0,
+        gains: analyzeGains(maps.hRes, maps.n).layers,
+        stochasticity: maps.constraint === 'sinkhorn' ? worstStochasticity(maps.hRes, maps.n) : undefined,
+      },
+    }
+    const thresholds = thresholdsOf(flags, 0)
+    const results = evaluateRules(input, thresholds)
+    const failed = this.report(flags, results, t0, `--maps ${path}`)
     return {
-      backend: backendJson(engines.report),
-      run: runDir,
-      kept: !temporary,
-      arch: data?.manifest.model.arch ?? toTrain?.model.arch,
-      checkpoint: data?.dir,
+      backend: null,
+      maps: path,
+      arch: input.checkpoint!.arch,
       pass: failed.length === 0,
-      notes,
       rules: results,
       thresholds,
     }
@@ -284,6 +323,22 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
     } finally {
       engine.dispose()
     }
+  }
+}
+
+// What a maps file cannot be checked for: it holds no training record and no weights.
+const TRAINING_RULES = ['finite-loss', 'finite-gradients', 'finite-weights', 'loss-spike', 'grad-norm-explosion']
+
+function thresholdsOf(flags: any, warmup: number): Thresholds {
+  return {
+    spikeK: flags['spike-k'],
+    spikeWindow: flags['spike-window'],
+    warmup,
+    maxGradRatio: flags['max-grad-ratio'],
+    maxGain: flags['max-gain'],
+    maxCompositeGain: flags['max-composite-gain'],
+    gainAggregate: flags['gate-on'],
+    dsTolerance: flags['ds-tolerance'],
   }
 }
 

@@ -159,3 +159,40 @@ describe('analyze-gain on HC, mHC and baseline fixtures (same config and seed)',
     }
   })
 })
+
+describe('maps files: a model analysed from what any framework recorded', () => {
+  it('--save-maps then --maps: the same analysis as the checkpoint, with no engine opened', async () => {
+    const file = join(tmp, 'mhc-maps.safetensors')
+    const fromCheckpoint = await cli([FIX.mhc, '--tokens', '256', '--save-maps', file, '--json'])
+    assert.equal(fromCheckpoint.status, 0, show(fromCheckpoint))
+    const fromFile = await cli(['--maps', file, '--json'])
+    assert.equal(fromFile.status, 0, show(fromFile))
+    const a = JSON.parse(fromCheckpoint.stdout).runs[0]
+    const b = JSON.parse(fromFile.stdout)
+    assert.equal(b.backend, null, 'a maps file needs no engine')
+    assert.equal(b.runs[0].tokens, a.tokens)
+    assert.equal(b.runs[0].n, a.n)
+    assert.deepEqual(b.runs[0].layers, a.layers)
+    assert.deepEqual(b.runs[0].meanComposite, a.meanComposite)
+    // Side by side with a checkpoint, and gated like one.
+    const both = await cli([FIX.hc, '--maps', file, '--tokens', '256', '--max-composite-gain', '2', '--json'])
+    assert.equal(both.status, 1, show(both))
+    const {gates} = JSON.parse(both.stdout)
+    assert.deepEqual(
+      gates.map((g: {run: string; pass: boolean}) => g.pass),
+      [false],
+      JSON.stringify(gates),
+    )
+    assert.match(JSON.stringify(gates), /hc/)
+  })
+
+  it('a corrupt maps file, or nothing to analyse, is one Error: line and exit 2', async () => {
+    const bad = join(tmp, 'bad-maps.safetensors')
+    writeFileSync(bad, 'not a safetensors file at all')
+    for (const args of [['--maps', bad], []]) {
+      const r = await cli(args)
+      assert.equal(r.status, 2, show(r))
+      assert.equal(errorLine(r).length, 1, show(r))
+    }
+  })
+})

@@ -141,7 +141,7 @@ describe('check on run directories and bad input', {concurrency: 2}, () => {
 
   it('bad input exits 2 with one Error: line', async () => {
     for (const [args, pattern] of [
-      [[], /either a run directory or --train/],
+      [[], /give one of: a run directory, --train, or --maps FILE/],
       [[join(tmp, 'nope')], /no metrics\.jsonl/],
       [['--train', '--arch', 'foo'], /Expected --arch=foo to be one of/],
       [[join(repo, 'fixtures', 'mhc'), '--skip', 'bogus'], /Expected --skip=bogus to be one of/],
@@ -154,5 +154,42 @@ describe('check on run directories and bad input', {concurrency: 2}, () => {
       assert.equal(errors.length, 1, show(r))
       assert.match(errors[0], pattern)
     }
+  })
+})
+
+describe('check --maps: the gain gates on maps recorded anywhere', () => {
+  it('mHC maps pass the gain and doubly-stochastic rules; HC maps fail the gain rules (exit 1); training rules do not apply', async () => {
+    const files: Record<string, string> = {}
+    for (const arch of ['mhc', 'hc']) {
+      files[arch] = join(tmp, `${arch}-maps.safetensors`)
+      const saved = await runCli([
+        'analyze-gain',
+        join(repo, 'fixtures', arch),
+        '--tokens',
+        '256',
+        '--save-maps',
+        files[arch],
+        '--json',
+      ])
+      assert.equal(saved.status, 0, show(saved))
+    }
+
+    const mhc = await check(['--maps', files.mhc, '--json'])
+    assert.equal(mhc.status, 0, show(mhc))
+    const j = JSON.parse(mhc.stdout)
+    assert.deepEqual(
+      j.rules.map((r: {rule: string}) => r.rule),
+      ['single-gain', 'composite-gain', 'doubly-stochastic'],
+    )
+    const hc = await check(['--maps', files.hc, '--json'])
+    assert.equal(hc.status, 1, show(hc))
+    const failed = JSON.parse(hc.stdout).rules.filter((r: {pass: boolean}) => !r.pass)
+    assert.deepEqual(
+      failed.map((r: {rule: string}) => r.rule),
+      ['single-gain', 'composite-gain'],
+    )
+    const both = await check([join(repo, 'fixtures', 'mhc'), '--maps', files.mhc])
+    assert.equal(both.status, 2, show(both))
+    assert.match(both.stderr, /give one of: a run directory, --train, or --maps FILE/)
   })
 })
