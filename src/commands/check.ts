@@ -47,16 +47,9 @@ const TRAIN_RUN_FLAGS = [
   ...Object.keys(pick(TRAIN_FLAGS, ['steps', 'lr', 'grad-clip', 'seed'])),
 ]
 
-const RULES = [
-  'finite-loss',
-  'finite-gradients',
-  'finite-weights',
-  'loss-spike',
-  'grad-norm-explosion',
-  'single-gain',
-  'composite-gain',
-  'doubly-stochastic',
-]
+// The rules on the training record and weights, then those on the maps: a maps file can only be checked by the latter.
+const TRAINING_RULES = ['finite-loss', 'finite-gradients', 'finite-weights', 'loss-spike', 'grad-norm-explosion']
+const RULES = [...TRAINING_RULES, 'single-gain', 'composite-gain', 'doubly-stochastic']
 const positive = (description: string, dflt: number) => positiveFlag(description, dflt)
 
 export default class Check extends BaseCommand {
@@ -325,9 +318,6 @@ Exit codes: 0 every rule passes, 1 a rule failed, 2 bad input, 70 an unexpected 
     }
   }
 }
-
-// What a maps file cannot be checked for: it holds no training record and no weights.
-const TRAINING_RULES = ['finite-loss', 'finite-gradients', 'finite-weights', 'loss-spike', 'grad-norm-explosion']
 
 function thresholdsOf(flags: any, warmup: number): Thresholds {
   return {

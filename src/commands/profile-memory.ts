@@ -15,7 +15,7 @@ import {
 } from '../cli/flags.js'
 import {chart, table} from '../cli/render.js'
 import {writeLineChartSvg} from '../cli/svg.js'
-import {ModelConfig, numConnections} from '../model/config.js'
+import {modelConfig, numConnections} from '../model/config.js'
 import {connectionOf} from '../model/connections/index.js'
 import {backendJson} from '../model/engines/backends.js'
 import {parameterCount} from '../model/params.js'
@@ -148,7 +148,7 @@ forward+backward passes of a small mHC model on the current backend for each L_r
     if (c.layers % c.pipelineStages !== 0)
       throw new UsageError(`--pipeline-stages ${c.pipelineStages} must divide the ${c.layers} blocks`)
     // The same rule as a trained mHC model: n = 1 is no hyper-connection (H_pre's bias would be −ln 0).
-    const problem = connectionOf({arch: 'mhc'}).problem({expansion: c.expansion, sinkhornIters: 20} as ModelConfig)
+    const problem = connectionOf({arch: 'mhc'}).problem(modelConfig('mhc', {expansion: c.expansion}))
     if (problem) throw new UsageError(`--expansion ${c.expansion}: ${problem}`)
     const r = memoryReport(c)
     const unit = c.layerUnit === 'blocks' ? 'Transformer blocks' : 'sublayers (attention and MLP counted separately)'
@@ -238,19 +238,14 @@ forward+backward passes of a small mHC model on the current backend for each L_r
 
   private async measure(flags: any) {
     const batch = flags.batch ?? 64
-    const cfg: ModelConfig = {
-      arch: 'mhc',
-      vocabSize: 256,
+    const cfg = modelConfig('mhc', {
       seqLen: flags['seq-len'] ?? 8,
       layers: flags.layers ?? 16,
       dModel: flags['d-model'] ?? 32,
       heads: flags.heads ?? 1,
       mlpRatio: flags['mlp-ratio'] ?? 1,
       expansion: flags.expansion ?? 4,
-      sinkhornIters: 20,
-      gateInit: 0.01,
-      normEps: 1e-20,
-    }
+    })
     if (cfg.dModel % cfg.heads !== 0)
       throw new UsageError(`--d-model ${cfg.dModel} must be divisible by --heads ${cfg.heads}`)
     if (cfg.expansion < 2) throw new UsageError('--expansion must be at least 2 for an mHC model')

@@ -1,6 +1,5 @@
 import {Flags} from '@oclif/core'
 
-import type {ModelConfig} from '../model/config.js'
 import type {MeasureResult} from '../profile/measure/apply-path.js'
 
 import {assertWritableFile, BaseCommand, flagError, UsageError} from '../cli/base.js'
@@ -19,6 +18,7 @@ import {
 } from '../cli/flags.js'
 import {chart, table} from '../cli/render.js'
 import {writeLineChartSvg} from '../cli/svg.js'
+import {modelConfig} from '../model/config.js'
 import {connectionOf} from '../model/connections/index.js'
 import {backendJson} from '../model/engines/backends.js'
 import {HARDWARE, Hardware, HARDWARE_NAMES} from '../profile/cost-models/kernels.js'
@@ -230,10 +230,9 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
     }
 
     // The same rules as a trained mHC model (n ≥ 2, t_max ≥ 1): one meaning per flag across commands.
-    const problem = connectionOf({arch: 'mhc'}).problem({
-      expansion: cfg.expansion,
-      sinkhornIters: cfg.sinkhornIters,
-    } as ModelConfig)
+    const problem = connectionOf({arch: 'mhc'}).problem(
+      modelConfig('mhc', {expansion: cfg.expansion, sinkhornIters: cfg.sinkhornIters}),
+    )
     if (problem) throw new UsageError(`--expansion ${cfg.expansion} --sinkhorn-iters ${cfg.sinkhornIters}: ${problem}`)
     if (cfg.schedule === 'dualpipe') usage(() => checkDualPipe(cfg.stages, cfg.microBatches))
     const report = usage(() => timeReport(cfg))

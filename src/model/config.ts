@@ -72,6 +72,12 @@ const model = (o: Partial<ModelConfig>): Omit<ModelConfig, 'arch'> => ({
   normEps: 1e-20,
   ...o, // ε = 1e−20 as in the paper's Table 5
 })
+
+/** A model config of `arch`: the small preset's sizes and the paper's settings, with `o` overriding any of them. */
+export const modelConfig = (arch: Arch, o: Partial<Omit<ModelConfig, 'arch'>> = {}): ModelConfig => ({
+  arch,
+  ...model(o),
+})
 const train = (o: Partial<TrainConfig>): TrainConfig => ({
   steps: 400,
   batch: 16,

@@ -31,7 +31,7 @@ async function start(
   if (name === 'webgpu') {
     const {openDevice, unsupported, WebGpuEngine} = await import('./webgpu/engine.js')
     const why = unsupported(needs) // before the device: auto moves on, an explicit choice is bad input
-    if (why) throw auto ? new Error(why) : new InputError(why)
+    if (why) throw new InputError(why)
     const device = await openDevice({allowSoftware: !auto})
     return (options) => WebGpuEngine.create(device, options)
   }

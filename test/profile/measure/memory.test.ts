@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict'
 import {before, test} from 'node:test'
 
-import {ModelConfig} from '../../../src/model/config.js'
+import {ModelConfig, modelConfig} from '../../../src/model/config.js'
 import {type Engines, openEngines} from '../../../src/model/engines/index.js'
 import {tf} from '../../../src/model/engines/tfjs/backend.js'
 import {initParams, loss} from '../../../src/model/engines/tfjs/network.js'
@@ -15,20 +15,8 @@ before(async () => {
   engines = await openEngines({choice: 'wasm', source: 'flag'})
 })
 
-const small = (o: Partial<ModelConfig> = {}): ModelConfig => ({
-  arch: 'mhc',
-  vocabSize: 256,
-  seqLen: 8,
-  layers: 6,
-  dModel: 16,
-  heads: 1,
-  mlpRatio: 1,
-  expansion: 8,
-  sinkhornIters: 20,
-  gateInit: 0.01,
-  normEps: 1e-20,
-  ...o,
-})
+const small = (o: Partial<ModelConfig> = {}): ModelConfig =>
+  modelConfig('mhc', {seqLen: 8, layers: 6, dModel: 16, heads: 1, mlpRatio: 1, expansion: 8, ...o})
 
 test('what the model assumes a recompute block keeps (2 × n·C float32 per token) is what tfjs keeps after the forward pass', () => {
   const cfg = small()

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict'
 import {before, test} from 'node:test'
 
-import {Arch, ModelConfig} from '../../../../src/model/config.js'
+import {Arch, ModelConfig, modelConfig} from '../../../../src/model/config.js'
 import {connectionOf} from '../../../../src/model/connections/index.js'
 import {selectBackend, tf} from '../../../../src/model/engines/tfjs/backend.js'
 import {connectionMaps, Params} from '../../../../src/model/engines/tfjs/connections.js'
@@ -16,20 +16,8 @@ before(async () => {
   await selectBackend('wasm')
 })
 
-const cfg = (arch: Arch, o: Partial<ModelConfig> = {}): ModelConfig => ({
-  arch,
-  vocabSize: 256,
-  seqLen: 8,
-  layers: 2,
-  dModel: 16,
-  heads: 2,
-  mlpRatio: 2,
-  expansion: 4,
-  sinkhornIters: 20,
-  gateInit: 0.01,
-  normEps: 1e-20,
-  ...o,
-})
+const cfg = (arch: Arch, o: Partial<ModelConfig> = {}): ModelConfig =>
+  modelConfig(arch, {seqLen: 8, layers: 2, dModel: 16, heads: 2, mlpRatio: 2, ...o})
 
 function randomTokens(rng: Rng, b: number, t: number): tf.Tensor2D {
   return tf.tensor2d(

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict'
 import {before, test} from 'node:test'
 
-import {Arch, ModelConfig} from '../../../../src/model/config.js'
+import {Arch, ModelConfig, modelConfig} from '../../../../src/model/config.js'
 import {selectBackend, tf} from '../../../../src/model/engines/tfjs/backend.js'
 import {initParams, loss} from '../../../../src/model/engines/tfjs/network.js'
 import {blockParamNames, paramSpecs} from '../../../../src/model/params.js'
@@ -14,20 +14,8 @@ before(async () => {
   await selectBackend('wasm')
 })
 
-const cfg = (arch: Arch, o: Partial<ModelConfig> = {}): ModelConfig => ({
-  arch,
-  vocabSize: 256,
-  seqLen: 16,
-  layers: 3,
-  dModel: 16,
-  heads: 2,
-  mlpRatio: 2,
-  expansion: 4,
-  sinkhornIters: 20,
-  gateInit: 0.01,
-  normEps: 1e-20,
-  ...o,
-})
+const cfg = (arch: Arch, o: Partial<ModelConfig> = {}): ModelConfig =>
+  modelConfig(arch, {seqLen: 16, layers: 3, dModel: 16, heads: 2, mlpRatio: 2, ...o})
 const tokens = (rng: Rng, b: number, t: number) =>
   tf.tensor2d(
     Int32Array.from({length: b * t}, () => rng.int(256)),

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict'
 import {test} from 'node:test'
 
-import {ModelConfig} from '../../../../src/model/config.js'
+import {modelConfig} from '../../../../src/model/config.js'
 import {requestDevice} from '../../../../src/model/engines/webgpu/gpu.js'
 import {WebGpuTrainer} from '../../../../src/model/engines/webgpu/trainer.js'
 import {initParamData} from '../../../../src/model/params.js'
@@ -13,9 +13,7 @@ import {device} from './helpers.js'
 
 const {skip} = await device()
 
-const cfg: ModelConfig = {
-  arch: 'mhc',
-  vocabSize: 256,
+const cfg = modelConfig('mhc', {
   seqLen: 8,
   layers: 1,
   dModel: 16,
@@ -23,9 +21,7 @@ const cfg: ModelConfig = {
   mlpRatio: 2,
   expansion: 2,
   sinkhornIters: 4,
-  gateInit: 0.01,
-  normEps: 1e-20,
-}
+})
 const batch = 2
 const hp = {lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0, gradClip: 1, t: 1}
 

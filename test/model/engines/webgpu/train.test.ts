@@ -6,7 +6,7 @@ import {before, test} from 'node:test'
 
 import type {Engine} from '../../../../src/model/engines/engine.js'
 
-import {Arch, ModelConfig, TrainConfig} from '../../../../src/model/config.js'
+import {Arch, ModelConfig, modelConfig, TrainConfig} from '../../../../src/model/config.js'
 import {selectBackend, tf} from '../../../../src/model/engines/tfjs/backend.js'
 import {TfjsEngine} from '../../../../src/model/engines/tfjs/engine.js'
 import {crossEntropy, forward, initParams} from '../../../../src/model/engines/tfjs/network.js'
@@ -41,19 +41,7 @@ const record = async (p: Record<string, tf.Variable>): Promise<Rec> =>
     await Promise.all(Object.entries(p).map(async ([k, v]) => [k, Float32Array.from(await v.data())] as const)),
   )
 
-const model = (arch: Arch): ModelConfig => ({
-  arch,
-  vocabSize: 256,
-  seqLen: 16,
-  layers: 1,
-  dModel: 32,
-  heads: 2,
-  mlpRatio: 4,
-  expansion: 4,
-  sinkhornIters: 20,
-  gateInit: 0.01,
-  normEps: 1e-20,
-})
+const model = (arch: Arch): ModelConfig => modelConfig(arch, {seqLen: 16, layers: 1, dModel: 32, heads: 2})
 // Weight decay 0.5: large enough that a decay error would show in the weights' RMS bound below.
 const trainCfg: TrainConfig = {
   steps: 5,
