@@ -4,9 +4,9 @@
  * messages quoting values from a corrupt file (a fuzzed header can hold megabytes) must stay readable.
  */
 export class InputError extends Error {
-  constructor(message: string) {
+  constructor(message: string, maxLength = 500) {
     const line = message.replaceAll(/[\r\n]+/g, ' ')
-    super(line.length > 500 ? `${line.slice(0, 500)}… (${line.length - 500} more characters)` : line)
+    super(line.length > maxLength ? `${line.slice(0, maxLength)}… (${line.length - maxLength} more characters)` : line)
     this.name = new.target.name
   }
 }

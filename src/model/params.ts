@@ -1,4 +1,4 @@
-// Every parameter of the model: names (PyTorch style), shapes ([in, out] for matrices: y = x·W), initial values and
+// Every parameter of the model: names (PyTorch style), shapes ([in, out] for matrices: y = x·W; `linear` marks them), initial values and
 // whether AdamW decays them. Host data only, so checkpoints, engines and the memory model share one list.
 import {ModelConfig, modelConfigProblem, numConnections} from './config.js'
 import {constant, normal} from './connections/connection.js'
@@ -22,11 +22,11 @@ export function paramSpecs(cfg: ModelConfig): ParamSpec[] {
     const p = `blocks.${b}`
     specs.push(
       {name: `${p}.attn.norm.weight`, shape: [C], init: constant(1), decay: false},
-      {name: `${p}.attn.qkv.weight`, shape: [C, 3 * C], init: normal(std), decay: true},
-      {name: `${p}.attn.proj.weight`, shape: [C, C], init: normal(projStd), decay: true},
+      {name: `${p}.attn.qkv.weight`, shape: [C, 3 * C], init: normal(std), decay: true, linear: true},
+      {name: `${p}.attn.proj.weight`, shape: [C, C], init: normal(projStd), decay: true, linear: true},
       {name: `${p}.mlp.norm.weight`, shape: [C], init: constant(1), decay: false},
-      {name: `${p}.mlp.fc.weight`, shape: [C, mlpRatio * C], init: normal(std), decay: true},
-      {name: `${p}.mlp.proj.weight`, shape: [mlpRatio * C, C], init: normal(projStd), decay: true},
+      {name: `${p}.mlp.fc.weight`, shape: [C, mlpRatio * C], init: normal(std), decay: true, linear: true},
+      {name: `${p}.mlp.proj.weight`, shape: [mlpRatio * C, C], init: normal(projStd), decay: true, linear: true},
     )
   }
 
@@ -34,7 +34,7 @@ export function paramSpecs(cfg: ModelConfig): ParamSpec[] {
   for (let l = 0; l < numConnections(cfg); l++) specs.push(...conn.paramSpecs(cfg, l))
   specs.push(
     {name: 'norm.weight', shape: [C], init: constant(1), decay: false},
-    {name: 'lm_head.weight', shape: [C, V], init: normal(std), decay: true},
+    {name: 'lm_head.weight', shape: [C, V], init: normal(std), decay: true, linear: true},
   )
   return specs
 }

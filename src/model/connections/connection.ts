@@ -11,6 +11,11 @@ export interface ParamSpec {
   shape: number[]
   init: (rng: Rng, i: number) => number
   decay: boolean
+  /**
+   * A matrix the model applies as y = x·W, stored [in, out] here. PyTorch's nn.Linear stores the same matrix [out, in],
+   * so `mhc export` / `mhc import` transpose exactly these (the one list of transposes; src/model/io/pytorch.ts).
+   */
+  linear?: true
 }
 
 export const normal = (std: number) => (rng: Rng) => std * rng.normal()

@@ -17,7 +17,7 @@ export const hyperConnection: Connection = {
     return [
       // θ = [θ_pre | θ_post | θ_res] applied to each stream: small random values break the symmetry between the n
       // identical streams; the gates α keep their effect small at first.
-      {name: `${p}.theta`, shape: [C, 2 + n], init: normal(0.02), decay: true},
+      {name: `${p}.theta`, shape: [C, 2 + n], init: normal(0.02), decay: true, linear: true},
       ...gates(p, gateInit),
       {name: `${p}.b_pre`, shape: [n], init: (_, i) => (i === l % n ? 1 : 0), decay: false},
       {name: `${p}.b_post`, shape: [n], init: constant(1), decay: false},

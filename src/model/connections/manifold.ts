@@ -15,7 +15,7 @@ export const manifoldConnection: Connection = {
     const p = `conn.${l}`
     const diagonal = (i: number) => Math.floor(i / n) === i % n
     return [
-      {name: `${p}.phi`, shape: [n * C, 2 * n + n * n], init: normal(0.02), decay: true},
+      {name: `${p}.phi`, shape: [n * C, 2 * n + n * n], init: normal(0.02), decay: true, linear: true},
       ...gates(p, gateInit),
       // H_pre = σ(−ln(n−1)) = 1/n and H_post = 2σ(0) = 1: every doubly stochastic H_res maps n identical streams to
       // themselves, so the copied embedding behaves like one residual stream.

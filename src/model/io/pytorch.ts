@@ -1,0 +1,393 @@
+// Our model in PyTorch's layouts, both ways, so that a model trained here can be continued in PyTorch and one trained
+// there can be analysed here. An export directory holds:
+//
+//   model.safetensors  every parameter under our name, F32; the `linear` matrices of paramSpecs (applied as y = x·W,
+//                      stored [in, out] in our checkpoints) transposed to nn.Linear's [out, in]; the rest as they are
+//   config.json        {format: "mhc-pytorch", version: 1, model: our ModelConfig, transposed: [names],
+//                       checkpoint: {step, train, data, rng, metrics, …}}: what the weights are and where they came from
+//
+// Import reads the same (model.safetensors, or shards listed in model.safetensors.index.json) from F32, F16, BF16 or
+// F64 tensors, optionally through a key map so that another implementation's names can be read:
+//
+//   {"<our name>": "<their name>" | {"name": "<their name>", "transpose": true | false}, …,
+//    "$ignore": ["<regular expression of their names to skip>", …]}
+//
+// `transpose` says whether their tensor is nn.Linear's [out, in] transpose of ours; left out, it is what export writes.
+// Every mismatch (missing, unexpected, shape, dtype, non-finite values, key-map entries) is collected and reported by
+// name in one error, and nothing is written.
+import {existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync} from 'node:fs'
+import {dirname, join, resolve} from 'node:path'
+
+import type {DataInfo} from './data.js'
+
+import {configFromPreset, DEFAULT_PRESET, ModelConfig, trainConfigProblem} from '../config.js'
+import {InputError} from '../errors.js'
+import {HostTensors, modelProblem, ParamSpec, paramSpecs} from '../params.js'
+import {fsyncDir, tempName, writeFileSynced} from './atomic.js'
+import {CheckpointData, Manifest, readSmallFile} from './checkpoint.js'
+import {encodeSafetensors, NamedTensor, readSafetensorsFile, SafetensorsError} from './safetensors.js'
+
+export const EXPORT_FORMAT = 'mhc-pytorch'
+export const EXPORT_VERSION = 1
+export const EXPORT_WEIGHTS = 'model.safetensors'
+export const EXPORT_INDEX = 'model.safetensors.index.json'
+export const EXPORT_CONFIG = 'config.json'
+const IMPORT_DTYPES = new Set(['BF16', 'F16', 'F32', 'F64'])
+const IGNORE_KEY = '$ignore'
+
+export class ExportError extends InputError {}
+
+/** What config.json records besides the model: enough to rebuild the checkpoint's manifest on import. */
+export interface ExportProvenance {
+  source: string
+  step: number
+  train: Manifest['train']
+  data: DataInfo
+  rng: Manifest['rng']
+  metrics: Manifest['metrics']
+}
+
+export interface ExportConfig {
+  format: typeof EXPORT_FORMAT
+  version: number
+  model: ModelConfig
+  layout: string
+  transposed: string[]
+  checkpoint?: ExportProvenance
+}
+
+/** [r, c] row-major → [c, r]. */
+export function transpose2d(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length)
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c]
+  return out
+}
+
+/** A parameter's shape in PyTorch's layout. */
+export const torchShape = (s: ParamSpec, transposed = Boolean(s.linear)): number[] =>
+  transposed ? [...s.shape].reverse() : s.shape
+
+/** The export's tensors: our names, PyTorch layouts. */
+export function torchTensors(model: ModelConfig, params: HostTensors): Record<string, NamedTensor> {
+  return Object.fromEntries(
+    paramSpecs(model).map((s) => [
+      s.name,
+      {
+        dtype: 'F32' as const,
+        shape: torchShape(s),
+        data: s.linear ? transpose2d(params[s.name], s.shape[0], s.shape[1]) : params[s.name],
+      },
+    ]),
+  )
+}
+
+/** A directory that may be created: absent, or empty (it is replaced). Anything else is refused, never overwritten. */
+export function assertFreshDir(dir: string, flag: string): void {
+  if (!existsSync(dir)) return
+  if (!statSync(dir).isDirectory()) throw new ExportError(`${flag} ${dir}: exists and is not a directory`)
+  if (readdirSync(dir).length > 0)
+    throw new ExportError(`${flag} ${dir}: exists and is not empty (nothing overwritten)`)
+}
+
+/** Writes `files` as the new directory `dir`: built under a temp name, fsynced, renamed into place. */
+export function writeDirAtomic(dir: string, files: Record<string, Uint8Array | string>): void {
+  assertFreshDir(dir, 'output')
+  mkdirSync(dirname(resolve(dir)), {recursive: true})
+  const tmp = tempName(dir)
+  mkdirSync(tmp)
+  try {
+    for (const [name, data] of Object.entries(files)) writeFileSynced(join(tmp, name), data)
+    fsyncDir(tmp)
+    if (existsSync(dir)) rmdirSync(dir) // empty (checked above); rmdir refuses if something appeared since
+    renameSync(tmp, dir)
+  } catch (error) {
+    rmSync(tmp, {recursive: true, force: true})
+    throw error
+  }
+}
+
+/** Writes a verified checkpoint as an export directory `dir`. Returns the config written. */
+export function exportCheckpoint(ck: CheckpointData, dir: string): ExportConfig {
+  const {model} = ck.manifest
+  const specs = paramSpecs(model)
+  const config: ExportConfig = {
+    format: EXPORT_FORMAT,
+    version: EXPORT_VERSION,
+    model,
+    layout: 'nn.Linear layout: the tensors named in `transposed` are [out, in] (y = x @ W.T); all others as in mhc',
+    transposed: specs.filter((s) => s.linear).map((s) => s.name),
+    checkpoint: {
+      source: ck.dir,
+      step: ck.manifest.step,
+      train: ck.manifest.train,
+      data: ck.manifest.data,
+      rng: ck.manifest.rng,
+      metrics: ck.manifest.metrics,
+    },
+  }
+  const weights = encodeSafetensors(torchTensors(model, ck.params), {
+    format: 'pt',
+    producer: 'mhc export',
+    layout: 'nn.Linear [out, in]',
+  })
+  writeDirAtomic(dir, {[EXPORT_WEIGHTS]: weights, [EXPORT_CONFIG]: JSON.stringify(config, null, 2) + '\n'})
+  return config
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Import
+
+export interface KeyMapEntry {
+  name: string
+  transpose?: boolean
+}
+
+export interface KeyMap {
+  entries: Record<string, KeyMapEntry>
+  ignore: RegExp[]
+}
+
+/** Parses a key-map file's JSON (see the file comment). */
+export function parseKeyMap(text: string, where: string): KeyMap {
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch (error) {
+    throw new ExportError(`${where}: not valid JSON (${(error as Error).message})`)
+  }
+
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new ExportError(`${where}: expected an object {"<our name>": "<their name>" | {"name", "transpose"}}`)
+  const entries: Record<string, KeyMapEntry> = {}
+  let ignore: RegExp[] = []
+  for (const [ours, v] of Object.entries(raw)) {
+    if (ours === IGNORE_KEY) {
+      if (!Array.isArray(v) || v.some((p) => typeof p !== 'string'))
+        throw new ExportError(`${where}: "${IGNORE_KEY}" must be a list of regular expressions (strings)`)
+      ignore = v.map((p: string) => {
+        try {
+          return new RegExp(`^(?:${p})$`)
+        } catch (error) {
+          throw new ExportError(`${where}: "${IGNORE_KEY}": ${(error as Error).message}`)
+        }
+      })
+    } else if (typeof v === 'string' && v !== '') {
+      entries[ours] = {name: v}
+    } else if (
+      typeof v === 'object' &&
+      v !== null &&
+      typeof (v as any).name === 'string' &&
+      (v as any).name !== '' &&
+      ((v as any).transpose === undefined || typeof (v as any).transpose === 'boolean') &&
+      Object.keys(v).every((k) => k === 'name' || k === 'transpose')
+    ) {
+      entries[ours] = {name: (v as any).name, transpose: (v as any).transpose}
+    } else {
+      throw new ExportError(
+        `${where}: entry ${JSON.stringify(ours)} must be a tensor name or {"name": string, "transpose"?: boolean}`,
+      )
+    }
+  }
+
+  return {entries, ignore}
+}
+
+const MAX_LISTED = 24
+// Names come from the file: a fuzzed one can be megabytes, so each is cut short.
+const short = (name: string) => (name.length > 120 ? `${name.slice(0, 120)}…` : name)
+
+/**
+ * Our parameters from `tensors` (their names and layouts through `keyMap`), widened to f32 and back in our [in, out]
+ * layout. Every mismatch is collected; any at all is one ExportError naming each.
+ */
+export function paramsFromTorch(
+  tensors: Record<string, NamedTensor>,
+  model: ModelConfig,
+  keyMap?: KeyMap,
+  where = EXPORT_WEIGHTS,
+): HostTensors {
+  keyMap ??= {entries: {}, ignore: []}
+  const specs = paramSpecs(model)
+  const problems: string[] = []
+  const ourNames = new Set(specs.map((s) => s.name))
+  for (const ours of Object.keys(keyMap.entries))
+    if (!ourNames.has(ours)) problems.push(`key map names ${ours}, which this ${model.arch} model does not have`)
+  const claimedBy = new Map<string, string>()
+  const params: HostTensors = {}
+  for (const s of specs) {
+    const entry = keyMap.entries[s.name]
+    const theirs = entry?.name ?? s.name
+    const label = theirs === s.name ? s.name : `${short(theirs)} (our ${s.name})`
+    const other = claimedBy.get(theirs)
+    if (other !== undefined) {
+      problems.push(`${label}: also mapped to ${other}`)
+      continue
+    }
+
+    claimedBy.set(theirs, s.name)
+    const t = Object.hasOwn(tensors, theirs) ? tensors[theirs] : undefined
+    if (!t) {
+      problems.push(`missing ${label}`)
+      continue
+    }
+
+    const transposed = entry?.transpose ?? Boolean(s.linear)
+    if (transposed && s.shape.length !== 2) {
+      problems.push(`${label}: transpose asked for a ${s.shape.length}-d parameter`)
+      continue
+    }
+
+    const want = torchShape(s, transposed)
+    const scalarAsOne = want.length === 0 && t.shape.length === 1 && t.shape[0] === 1 // torch.Size([1]) for a scalar
+    if (t.shape.join(',') !== want.join(',') && !scalarAsOne) {
+      problems.push(`${label}: shape [${t.shape.join(', ')}], expected [${want.join(', ')}]`)
+      continue
+    }
+
+    if (!IMPORT_DTYPES.has(t.dtype)) {
+      problems.push(`${label}: dtype ${t.dtype}, expected F32, F16, BF16 or F64`)
+      continue
+    }
+
+    const data = t.data instanceof Float32Array ? t.data : Float32Array.from(t.data as Float64Array)
+    const bad = data.findIndex((v) => !Number.isFinite(v))
+    if (bad !== -1) {
+      problems.push(`${label}: non-finite value ${data[bad]} at flat index ${bad}`)
+      continue
+    }
+
+    params[s.name] = transposed ? transpose2d(data, want[0], want[1]) : data // decoded arrays are fresh copies
+  }
+
+  const unexpected = Object.keys(tensors).filter((k) => !claimedBy.has(k) && !keyMap.ignore.some((re) => re.test(k)))
+  if (unexpected.length > 0)
+    problems.push(
+      `unexpected ${unexpected.slice(0, MAX_LISTED).map(short).join(', ')}` +
+        (unexpected.length > MAX_LISTED ? ` (+${unexpected.length - MAX_LISTED} more)` : ''),
+    )
+  if (problems.length > 0) {
+    const listed = problems.slice(0, MAX_LISTED).join('; ')
+    const more = problems.length > MAX_LISTED ? `; … (+${problems.length - MAX_LISTED} more)` : ''
+    const count = `${problems.length} problem${problems.length === 1 ? '' : 's'}`
+    // Longer than other one-line errors: every name is the point of this one.
+    throw new ExportError(
+      `${where} does not match the ${model.arch} model of ${EXPORT_CONFIG}: ${count}: ${listed}${more}`,
+      8000,
+    )
+  }
+
+  return params
+}
+
+/** Every tensor of an export directory: model.safetensors, or the shards its index lists. */
+export function readExportTensors(dir: string): Record<string, NamedTensor> {
+  const read = (file: string) => {
+    const p = join(dir, file)
+    if (!existsSync(p)) throw new ExportError(`${dir}: ${file} is missing`)
+    try {
+      return readSafetensorsFile(p).tensors
+    } catch (error) {
+      if (error instanceof SafetensorsError) throw error
+      throw new ExportError(`${p}: cannot be read (${(error as Error).message})`)
+    }
+  }
+
+  const index = join(dir, EXPORT_INDEX)
+  if (!existsSync(index)) {
+    if (!existsSync(join(dir, EXPORT_WEIGHTS)))
+      throw new ExportError(`${dir}: neither ${EXPORT_WEIGHTS} nor ${EXPORT_INDEX} is there`)
+    return read(EXPORT_WEIGHTS)
+  }
+
+  let weightMap: Record<string, string>
+  try {
+    weightMap = JSON.parse(readSmallFile(index, 64 << 20).toString('utf8')).weight_map
+  } catch (error) {
+    throw new ExportError(`${index}: not valid JSON (${(error as Error).message})`)
+  }
+
+  if (
+    typeof weightMap !== 'object' ||
+    weightMap === null ||
+    Object.values(weightMap).some((f) => typeof f !== 'string')
+  )
+    throw new ExportError(`${index}: no "weight_map" of tensor name → file name`)
+  const out: Record<string, NamedTensor> = {}
+  for (const file of new Set(Object.values(weightMap))) {
+    if (file.includes('/') || file.includes('\\') || file.startsWith('.'))
+      throw new ExportError(`${index}: shard ${JSON.stringify(file)} is not a file name in ${dir}`)
+    for (const [name, t] of Object.entries(read(file))) {
+      if (Object.hasOwn(out, name)) throw new ExportError(`${dir}: tensor ${name} is in more than one shard`)
+      out[name] = t
+    }
+  }
+
+  return out
+}
+
+export interface ImportedModel {
+  model: ModelConfig
+  params: HostTensors
+  provenance: Partial<ExportProvenance>
+  /** What was filled in because config.json did not say it. */
+  defaulted: string[]
+}
+
+/** Reads config.json (or `configPath`): the model config, and the provenance block when it is there and valid. */
+export function readExportConfig(
+  dir: string,
+  configPath = join(dir, EXPORT_CONFIG),
+): {model: ModelConfig; provenance: Partial<ExportProvenance>} {
+  if (!existsSync(configPath)) throw new ExportError(`${configPath} is missing (it names the model: see mhc export)`)
+  let raw: any
+  try {
+    raw = JSON.parse(readSmallFile(configPath, 16 << 20).toString('utf8'))
+  } catch (error) {
+    if (error instanceof InputError) throw error
+    throw new ExportError(`${configPath}: not valid JSON (${(error as Error).message})`)
+  }
+
+  if (raw?.format !== undefined && raw.format !== EXPORT_FORMAT)
+    throw new ExportError(`${configPath}: format ${JSON.stringify(raw.format)}, expected "${EXPORT_FORMAT}"`)
+  if (raw?.version !== undefined && raw.version !== EXPORT_VERSION)
+    throw new ExportError(`${configPath}: version ${JSON.stringify(raw.version)} (this mhc reads ${EXPORT_VERSION})`)
+  if (typeof raw?.model !== 'object' || raw.model === null)
+    throw new ExportError(`${configPath}: no "model" object (our ModelConfig: arch, vocabSize, seqLen, layers, …)`)
+  const problem = modelProblem(raw.model)
+  if (problem) throw new ExportError(`${configPath}: invalid model config: ${problem}`)
+  const c = raw.checkpoint ?? {}
+  const provenance: Partial<ExportProvenance> = {}
+  if (typeof c.source === 'string') provenance.source = c.source
+  if (Number.isSafeInteger(c.step) && c.step >= 0) provenance.step = c.step
+  if (c.train !== undefined && trainConfigProblem(c.train) === undefined) provenance.train = c.train
+  if (
+    typeof c.data?.source === 'string' &&
+    /^[0-9a-f]{64}$/.test(String(c.data.sha256)) &&
+    Number.isSafeInteger(c.data.bytes)
+  )
+    provenance.data = {source: c.data.source, sha256: c.data.sha256, bytes: c.data.bytes}
+  if (Number.isSafeInteger(c.rng?.data) && c.rng.data >= 0 && c.rng.data <= 0xff_ff_ff_ff)
+    provenance.rng = {data: c.rng.data}
+  if (typeof c.metrics === 'object' && c.metrics !== null) {
+    const m: Manifest['metrics'] = {}
+    for (const k of ['trainLoss', 'valLoss'] as const) if (typeof c.metrics[k] === 'number') m[k] = c.metrics[k]
+    provenance.metrics = m
+  }
+
+  return {model: raw.model as ModelConfig, provenance}
+}
+
+/** Reads an export directory (ours, or another implementation's through `keyMap`) into our layout. */
+export function importExport(dir: string, opts: {keyMap?: KeyMap; configPath?: string} = {}): ImportedModel {
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new ExportError(`${dir}: not a directory`)
+  const {model, provenance} = readExportConfig(dir, opts.configPath)
+  const params = paramsFromTorch(readExportTensors(dir), model, opts.keyMap, join(dir, EXPORT_WEIGHTS))
+  const defaulted = (['step', 'train', 'data', 'rng'] as const).filter((k) => provenance[k] === undefined)
+  return {model, params, provenance, defaulted}
+}
+
+/** The training config an imported model's checkpoint records when config.json has none: the default preset's. */
+export const defaultImportTrain = (model: ModelConfig, step: number): Manifest['train'] => {
+  const {train} = configFromPreset(DEFAULT_PRESET, model.arch)
+  return {...train, steps: step, scheduleSteps: Math.max(step, 1)}
+}
