@@ -5,11 +5,15 @@ import {Config} from '@oclif/core'
 
 import AnalyzeGain from '../../src/commands/analyze-gain.js'
 import Eval from '../../src/commands/eval.js'
+import Export from '../../src/commands/export.js'
+import Import from '../../src/commands/import.js'
 import Train from '../../src/commands/train.js'
 
-const COMMANDS: Record<string, typeof Train | typeof Eval | typeof AnalyzeGain> = {
+const COMMANDS: Record<string, typeof AnalyzeGain | typeof Eval | typeof Export | typeof Import | typeof Train> = {
   'analyze-gain': AnalyzeGain,
   eval: Eval,
+  export: Export,
+  import: Import,
   train: Train,
 }
 const [id, ...argv] = process.argv.slice(2)

@@ -6,9 +6,12 @@
 //   one training step resumed from the checkpoint (its AdamW moments, step 150 → 151, its data RNG), run by our
 //   trainStep with gradient clipping at half the batch's gradient norm, so clipping is exercised:
 //     step.tokens, step.targets (I32, the batch trainStep draws), grad.<param> (gradients before clipping),
-//     after.<param> (weights after the step); lr, clip, gradient norm and loss in the metadata (full precision).
+//     after.<param> (weights after the step); lr, clip, gradient norm and loss in the metadata (full precision);
+//   gain.tokens (I32 [S, T]): the windows `mhc analyze-gain` computes the maps on by default (--tokens 4096), so that
+//     python/record_maps.py can record the same tokens in PyTorch.
+// and OUTDIR/exports/<fixture>/: the checkpoint as `mhc export` writes it (what python/mhc_ref.py loads).
 // Usage (from the repository root): node --import tsx bench/reference/expected.ts OUTDIR [--windows 4]
-import {mkdirSync} from 'node:fs'
+import {mkdirSync, rmSync} from 'node:fs'
 import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {parseArgs} from 'node:util'
@@ -16,12 +19,15 @@ import {parseArgs} from 'node:util'
 import {selectBackend, tf} from '../../src/model/engines/tfjs/backend.js'
 import {TfjsEngine} from '../../src/model/engines/tfjs/engine.js'
 import {crossEntropy, forward, gradients} from '../../src/model/engines/tfjs/network.js'
+import {DEFAULT_GAIN_TOKENS} from '../../src/cli/flags.js'
 import {stateOf} from '../../src/model/io/checkpoint.js'
 import {checkpointCorpus, evalWindows, sampleBatch, windowsToBatch} from '../../src/model/io/data.js'
+import {exportCheckpoint} from '../../src/model/io/pytorch.js'
 import {NamedTensor, writeSafetensorsFile} from '../../src/model/io/safetensors.js'
 import {Rng} from '../../src/model/rng.js'
 import {lrAt, restore, takeStep} from '../../src/model/train/loop.js'
 import {readCheckpoint} from '../../src/model/train/run-dir.js'
+import {mapWindows} from '../../src/profile/analysis/maps.js'
 
 const FIXTURES = ['baseline', 'hc', 'mhc']
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
@@ -69,6 +75,11 @@ for (const name of FIXTURES) {
     tensors[`maps.${l}.h_res`] = await f32(m.hRes)
   }
 
+  const gain = windowsToBatch(corpus.val, mapWindows(corpus.val, DEFAULT_GAIN_TOKENS, cfg.seqLen), cfg.seqLen)
+  tensors['gain.tokens'] = i32(gain.x, [gain.size, cfg.seqLen])
+  const exportDir = join(outDir, 'exports', name)
+  rmSync(exportDir, {force: true, recursive: true})
+  exportCheckpoint(readCheckpoint(dir), exportDir)
   const lossValue = (await loss.data())[0]
   tf.dispose([x, y, logits, loss, ...maps.flatMap((m) => [m.hPre, m.hPost, m.hRes])])
 

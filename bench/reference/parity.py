@@ -1,9 +1,10 @@
-"""Parity of the PyTorch reference (mhc_ref.py) with OUR TensorFlow.js implementation, on the three fixture
-checkpoints (fixtures/{baseline,hc,mhc}/ckpt-000150) and the outputs bench/reference/expected.ts wrote for them
-(bench/reference/expected/<fixture>.safetensors).
+"""Parity of the PyTorch reference (python/mhc_ref.py) with OUR TensorFlow.js implementation, on the three fixture
+checkpoints (fixtures/{baseline,hc,mhc}/ckpt-000150) loaded through `mhc export` (EXPECTED/exports/<fixture>, nn.Linear
+layouts) and the outputs bench/reference/expected.ts wrote for them (EXPECTED/<fixture>.safetensors).
 
 Per fixture and dtype (float32, then float64; TF32 off), rows {"fixture", "quantity", "maxAbs", "maxRel", ...}:
-  forward on the expected file's tokens: logits, loss, H_pre / H_post / H_res (all layers, then each layer);
+  forward on the expected file's tokens: logits, loss, H_pre / H_post / H_res (all layers, then each layer), and the
+  maps again as python/record_maps.py records them through forward hooks;
   one training step from the checkpoint (its AdamW moments, step 150 -> 151, clipping at the expected file's
   threshold): the loss, the gradient norm and every gradient (torch autograd vs ours), the weights after the step
   (our AdamW ported op for op, and torch.optim.AdamW, both from OUR gradients; our AdamW from torch's gradients).
@@ -25,11 +26,12 @@ import traceback
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+sys.path.insert(0, os.path.join(ROOT, 'python'))
 import mhc_ref  # noqa: E402
+import record_maps  # noqa: E402
 import stio  # noqa: E402
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 FIXTURES = ['baseline', 'hc', 'mhc']
 # Indicative float32 tolerances on maxAbs. weightsTorchGrads is loose: AdamW divides by sqrt(v), so where a gradient is
 # zero in exact arithmetic and only rounding noise in both implementations (HC's conn.0.b_pre / alpha_pre: layer 0's
@@ -78,8 +80,11 @@ def check_fixture(rows, fixture, expected_dir, device, dtype):
     dname = str(dtype).replace('torch.', '')
     ckpt = os.path.join(ROOT, 'fixtures', fixture, 'ckpt-000150')
     exp, meta = stio.read_safetensors(os.path.join(expected_dir, f'{fixture}.safetensors'))
-    _, manifest, opt_state = stio.read_checkpoint(ckpt, optimizer=True)
-    model, cfg = mhc_ref.load(ckpt, device=device, dtype=dtype)
+    export = os.path.join(expected_dir, 'exports', fixture)
+    _, manifest, opt_state = stio.read_checkpoint(ckpt, optimizer=True)  # the AdamW moments, in our layout
+    model, cfg = mhc_ref.load(export, device=device, dtype=dtype)
+    transposed = set(mhc_ref.read_export_config(export)['transposed'])
+    ours_layout = lambda k, t: mhc_ref.to_ours(k, t, transposed)  # noqa: E731 (its own inverse)
     names = [k for k, _ in model.named_parameters()]
     specs = [s[0] for s in stio.param_specs(cfg)]
     if set(names) != set(specs) or set(model.state_dict()) != set(specs):
@@ -103,6 +108,11 @@ def check_fixture(rows, fixture, expected_dir, device, dtype):
         for l in range(L):
             for q in ('h_pre', 'h_post', 'h_res'):
                 rows.add(fixture, dname, f'maps.{l}.{q}', maps[l][q], exp[f'maps.{l}.{q}'], TOL['map'])
+        if L:  # the same maps through forward hooks (what record_maps.py writes; float32 numpy)
+            hooked = record_maps.record(model, tok('tokens'))
+            for q in ('h_pre', 'h_post', 'h_res'):
+                rows.add(fixture, dname, f'{q} via forward hooks (all layers)', np.stack(hooked[q]),
+                         np.stack([exp[f'maps.{l}.{q}'] for l in range(L)]), TOL['map'])
 
     st = json.loads(meta['step'])
     t = manifest['step'] + 1
@@ -122,26 +132,27 @@ def check_fixture(rows, fixture, expected_dir, device, dtype):
             theirs[k] = p.grad.detach().clone()
             # each parameter relative to its own largest gradient, floored at 1% of the largest of all (some, e.g.
             # conn.0's on identical streams, have gradients that are zero up to rounding)
-            ma, _ = diff(p.grad, exp[f'grad.{k}'])
+            ma, _ = diff(ours_layout(k, p.grad), exp[f'grad.{k}'])
             rel = ma / max(float(np.abs(exp[f'grad.{k}']).max()), 0.01 * gmax)
             if rel > worst_rel:
                 worst, worst_rel = k, rel
         norm = mhc_ref.clip_grad_([p for _, p in model.named_parameters()], 0.0)
         rows.add(fixture, dname, 'step: gradient norm', norm, st['gradNorm'], TOL['gradNorm'])
-        rows.add(fixture, dname, 'step: gradients (all parameters)', torch.cat([theirs[k].reshape(-1) for k in names]),
+        rows.add(fixture, dname, 'step: gradients (all parameters)',
+                 torch.cat([ours_layout(k, theirs[k]).reshape(-1) for k in names]),
                  np.concatenate([exp[f'grad.{k}'].reshape(-1) for k in names]), TOL['grad'],
                  worstParam=worst, worstParamMaxRel=worst_rel)
 
     after = np.concatenate([exp[f'after.{k}'].reshape(-1) for k in names])
 
     def run_step(make_opt, grads, label):
-        m, _ = mhc_ref.load(ckpt, device=device, dtype=dtype)
+        m, _ = mhc_ref.load(export, device=device, dtype=dtype)
         params = dict(m.named_parameters())
         opt = make_opt(m)
         for k, p in params.items():  # the checkpoint's moments, at step 150
             # clone: on the CPU in float32 .to() returns the numpy-backed tensor itself, which the step would modify
-            mk = torch.from_numpy(opt_state[f'm.{k}']).to(device=device, dtype=dtype).clone()
-            vk = torch.from_numpy(opt_state[f'v.{k}']).to(device=device, dtype=dtype).clone()
+            mk = ours_layout(k, torch.from_numpy(opt_state[f'm.{k}'])).to(device=device, dtype=dtype).contiguous().clone()
+            vk = ours_layout(k, torch.from_numpy(opt_state[f'v.{k}'])).to(device=device, dtype=dtype).contiguous().clone()
             if isinstance(opt, mhc_ref.AdamW):
                 opt.m[k], opt.v[k] = mk, vk
             else:
@@ -149,18 +160,19 @@ def check_fixture(rows, fixture, expected_dir, device, dtype):
         if isinstance(opt, mhc_ref.AdamW):
             opt.t = manifest['step']
         for k, p in params.items():
-            p.grad = grads[k].to(device=device, dtype=dtype).clone()
+            p.grad = grads[k].to(device=device, dtype=dtype).contiguous().clone()
         mhc_ref.clip_grad_(list(params.values()), st['gradClip'])
         opt.step()
-        per = {k: diff(params[k], exp[f'after.{k}'])[0] for k in names}
+        per = {k: diff(ours_layout(k, params[k]), exp[f'after.{k}'])[0] for k in names}
         worst = max(per, key=per.get)
-        rows.add(fixture, dname, f'step: weights after ({label})', torch.cat([params[k].detach().reshape(-1) for k in names]),
+        rows.add(fixture, dname, f'step: weights after ({label})',
+                 torch.cat([ours_layout(k, params[k].detach()).reshape(-1) for k in names]),
                  after, TOL['weights'] if grads is ours else TOL['weightsTorchGrads'], worstParam=worst,
                  worstParamMaxAbs=per[worst])
         if isinstance(opt, mhc_ref.AdamW) and opt.t != t:
             raise ValueError(f'AdamW step {opt.t}, expected {t}')
 
-    ours = {k: torch.from_numpy(exp[f'grad.{k}']) for k in names}
+    ours = {k: ours_layout(k, torch.from_numpy(exp[f'grad.{k}'])) for k in names}
     manual = lambda m: mhc_ref.AdamW(m, **hyper)  # noqa: E731
     builtin = lambda m: mhc_ref.torch_adamw(m, **hyper)  # noqa: E731
 

@@ -10,6 +10,10 @@ import {evalWindows, windowsToBatch} from '../../model/io/data.js'
 
 export type {LayerMapsData} from '../../model/engines/engine.js'
 
+/** The windows (offsets into `text`) of about `tokens` bytes in whole sequences that the maps are computed on. */
+export const mapWindows = (text: Uint8Array, tokens: number, seqLen: number): number[] =>
+  evalWindows(text, Math.max(1, Math.round(tokens / seqLen)), seqLen)
+
 /** About `tokens` bytes of `text` in whole sequences; every layer's maps for every token. Not for the plain residual. */
 export async function collectMaps(
   engine: Engine,
@@ -19,8 +23,7 @@ export async function collectMaps(
 ): Promise<LayerMapsData & {sequences: number}> {
   const cfg = engine.model
   if (connectionOf(cfg).coefficients === 'none') throw new Error('a residual model has no hyper-connection maps')
-  const sequences = Math.max(1, Math.round(tokens / cfg.seqLen))
-  const offsets = evalWindows(text, sequences, cfg.seqLen)
+  const offsets = mapWindows(text, tokens, cfg.seqLen)
   const L = numConnections(cfg)
   const parts: LayerMapsData[] = []
   for (let i = 0; i < offsets.length; i += batch)

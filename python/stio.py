@@ -1,5 +1,5 @@
-"""Reading our checkpoints and safetensors files with numpy only (no torch), shared by mhc_ref.py, parity.py and
-numpy_check.py.
+"""Reading and writing safetensors files and reading our checkpoints with numpy only (no torch), shared by mhc_ref.py,
+record_maps.py and bench/reference/ (parity.py, numpy_check.py).
 
 safetensors layout: 8-byte little-endian u64 N, N bytes of JSON header {name: {dtype, shape, data_offsets}, ...,
 "__metadata__": {str: str}}, then the raw little-endian data; data_offsets are relative to the data section.
@@ -44,6 +44,44 @@ def read_safetensors(path, use_package=True):
         arr = np.frombuffer(data[b:end], dtype=_DTYPES[e['dtype']]).reshape(e['shape'])
         out[name] = arr.astype(arr.dtype.newbyteorder('='), copy=True)
     return out, metadata
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Writes {name: np.ndarray} (float64/32/16, int64/32/16/8, uint8, bool) and string metadata as a safetensors
+    file, by hand (no package needed): to a temp file beside `path`, then renamed over it. A value may also be
+    (code, array) to write the array's bytes under another dtype code, e.g. ('BF16', bf16_tensor.view(torch.int16)
+    .numpy()), which numpy cannot name."""
+    codes = {np.dtype(v).newbyteorder('<'): k for k, v in _DTYPES.items()}
+    header, chunks, offset = {}, [], 0
+    if metadata:
+        header['__metadata__'] = {str(k): str(v) for k, v in metadata.items()}
+    for name, arr in tensors.items():
+        code, arr = arr if isinstance(arr, tuple) else (None, arr)
+        arr = np.ascontiguousarray(arr)
+        le = arr.astype(arr.dtype.newbyteorder('<'), copy=False)
+        code = code or codes.get(le.dtype)
+        if code is None:
+            raise ValueError(f'tensor {name}: dtype {arr.dtype} has no safetensors code here')
+        data = le.tobytes()
+        header[name] = {'dtype': code, 'shape': list(arr.shape), 'data_offsets': [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    head = json.dumps(header, separators=(',', ':')).encode('utf-8')
+    head += b' ' * (-(8 + len(head)) % 8)  # the data section starts 8-byte aligned
+    tmp = f'{path}.tmp-{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(struct.pack('<Q', len(head)))
+            f.write(head)
+            for c in chunks:
+                f.write(c)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def read_checkpoint(ckpt_dir, optimizer=False):

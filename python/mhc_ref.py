@@ -1,22 +1,28 @@
 """PyTorch reference of the mhc project's model (src/model/params.ts, src/model/engines/tfjs/network.ts): baseline, HC and mHC byte-level Transformers.
 
-Same maths, same parameter names and the same storage layout as our TensorFlow.js implementation:
-  * state_dict() keys equal our checkpoint's tensor names (tok_emb.weight, blocks.{b}.attn.qkv.weight, conn.{l}.phi, ...);
-  * matrices are stored [in, out] and applied as y = x @ W (tfjs layout, as in model.safetensors);
+Same maths and parameter names as ours, in PyTorch's layouts, so that it loads what `mhc export` writes:
+  * state_dict() keys equal our tensor names (tok_emb.weight, blocks.{b}.attn.qkv.weight, conn.{l}.phi, ...);
+  * the matrices our checkpoints store [in, out] (y = x @ W) are nn.Linear-shaped here, [out, in] (y = x @ W.T): the
+    export's config.json lists them under "transposed" (the one list is `linear` in src/model/params.ts);
   * RMSNorm x * rsqrt(mean(x^2) + eps) (eps = normEps, 1e-20), GELU x * sigmoid(1.702 x), causal mask -1e9 ADDED to
     the scores, connection l = 2b (attention of block b), 2b + 1 (its MLP);
-  * HC: per-stream RMSNorm (no weight), theta [C, 2+n] -> [pre | post | res], tanh, alpha gates, b biases,
+  * HC: per-stream RMSNorm (no weight), theta -> [pre | post | res], tanh, alpha gates, b biases,
     H_res = alpha_res * tanh(res^T) + b_res;
-  * mHC: RMSNorm of the flattened n*C stream, phi [nC, 2n+n^2] -> [pre | post | res], H_pre = sigmoid(.),
+  * mHC: RMSNorm of the flattened n*C stream, phi -> [pre | post | res], H_pre = sigmoid(.),
     H_post = 2 sigmoid(.), H_res = Sinkhorn-Knopp(alpha_res * res.view(n, n) + b_res), columns then rows, t_max times;
   * x_{l+1} = H_res x_l + H_post^T F(H_pre x_l); the embedding is copied to the n streams; the streams are summed
     before the final norm; loss = mean next-byte cross-entropy.
 
+Each connection is a module, model.conn[l], whose forward(x_l [N, n, C]) returns (H_pre [N, n], H_post [N, n],
+H_res [N, n, n]): forward hooks on those modules see every layer's maps (record_maps.py).
+
 API: MhcModel(cfg), model(tokens) -> logits [B*T, V], model(tokens, return_maps=True) -> (logits, maps),
-model.loss(tokens, targets), load(ckpt_dir) -> (model, cfg), init_params(cfg or model, seed) -> model, AdamW (ours, hand-written),
-torch_adamw(model, ...) (torch.optim.AdamW with the same decay groups), clip_grad_(params, max_norm) (ours).
-cfg is our ModelConfig as a dict (camelCase keys, as in manifest.json's "model").
+model.loss(tokens, targets), load(export_dir) -> (model, cfg), init_params(cfg or model, seed) -> model, AdamW (ours,
+hand-written), torch_adamw(model, ...) (torch.optim.AdamW with the same decay groups), clip_grad_(params, max_norm)
+(ours), to_ours(name, tensor, transposed) (a tensor back in our [in, out] layout).
+cfg is our ModelConfig as a dict (camelCase keys, as in config.json's "model").
 """
+import json
 import math
 import os
 import sys
@@ -74,23 +80,27 @@ def sinkhorn_knopp(logits, iters):
 
 
 class _W(nn.Module):
-    """One parameter called `weight` (so that state_dict keys read like ours: `lm_head.weight`)."""
+    """One parameter called `weight` (so that state_dict keys read like ours: `norm.weight`)."""
 
     def __init__(self, *shape):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(*shape))
 
 
+def _linear(n_in, n_out):
+    return nn.Linear(n_in, n_out, bias=False)  # weight [out, in]
+
+
 class Attention(nn.Module):
     def __init__(self, C):
         super().__init__()
-        self.norm, self.qkv, self.proj = _W(C), _W(C, 3 * C), _W(C, C)
+        self.norm, self.qkv, self.proj = _W(C), _linear(C, 3 * C), _linear(C, C)
 
 
 class Mlp(nn.Module):
     def __init__(self, C, ratio):
         super().__init__()
-        self.norm, self.fc, self.proj = _W(C), _W(C, ratio * C), _W(ratio * C, C)
+        self.norm, self.fc, self.proj = _W(C), _linear(C, ratio * C), _linear(ratio * C, C)
 
 
 class Block(nn.Module):
@@ -100,20 +110,39 @@ class Block(nn.Module):
 
 
 class Connection(nn.Module):
-    """conn.{l}: theta [C, 2+n] (hc) or phi [nC, 2n+n^2] (mhc), alpha_pre/post/res (scalars), b_pre/b_post [n], b_res [n, n]."""
+    """conn.{l}: theta [2+n, C] (hc) or phi [2n+n^2, nC] (mhc), both [out, in]; alpha_pre/post/res (scalars);
+    b_pre/b_post [n], b_res [n, n]. forward(xs [N, n, C]) -> (H_pre [N, n], H_post [N, n], H_res [N, n, n])."""
 
-    def __init__(self, arch, C, n):
+    def __init__(self, arch, C, n, eps, sinkhorn_iters):
         super().__init__()
+        self.arch, self.n, self.eps, self.sinkhorn_iters = arch, n, eps, sinkhorn_iters
         if arch == 'hc':
-            self.theta = nn.Parameter(torch.empty(C, 2 + n))
+            self.theta = nn.Parameter(torch.empty(2 + n, C))
         else:
-            self.phi = nn.Parameter(torch.empty(n * C, 2 * n + n * n))
+            self.phi = nn.Parameter(torch.empty(2 * n + n * n, n * C))
         self.alpha_pre = nn.Parameter(torch.empty(()))
         self.alpha_post = nn.Parameter(torch.empty(()))
         self.alpha_res = nn.Parameter(torch.empty(()))
         self.b_pre = nn.Parameter(torch.empty(n))
         self.b_post = nn.Parameter(torch.empty(n))
         self.b_res = nn.Parameter(torch.empty(n, n))
+
+    def forward(self, xs):
+        N, n, C = xs.shape
+        if self.arch == 'hc':
+            proj = F.linear(rms_norm(xs, self.eps).reshape(N * n, C), self.theta).reshape(N, n, 2 + n)
+            pre, post, res = proj.split([1, 1, n], dim=2)
+            h_pre = self.alpha_pre * torch.tanh(pre.reshape(N, n)) + self.b_pre
+            h_post = self.alpha_post * torch.tanh(post.reshape(N, n)) + self.b_post
+            # res[N, j, i] = theta_res_i . x~_j and H_res[i, j] = theta_res_i . x~_j: hence the transpose.
+            h_res = self.alpha_res * torch.tanh(res.transpose(1, 2)) + self.b_res
+            return h_pre, h_post, h_res
+        proj = F.linear(rms_norm(xs.reshape(N, n * C), self.eps), self.phi)
+        pre, post, res = proj.split([n, n, n * n], dim=1)
+        h_pre = torch.sigmoid(self.alpha_pre * pre + self.b_pre)
+        h_post = 2 * torch.sigmoid(self.alpha_post * post + self.b_post)
+        h_res = sinkhorn_knopp(self.alpha_res * res.reshape(N, n, n) + self.b_res, self.sinkhorn_iters)
+        return h_pre, h_post, h_res
 
 
 class MhcModel(nn.Module):
@@ -128,8 +157,9 @@ class MhcModel(nn.Module):
         self.tok_emb, self.pos_emb = _W(V, C), _W(T, C)
         self.blocks = nn.ModuleList(Block(C, cfg['mlpRatio']) for _ in range(L))
         if cfg['arch'] != 'baseline':
-            self.conn = nn.ModuleList(Connection(cfg['arch'], C, cfg['expansion']) for _ in range(2 * L))
-        self.norm, self.lm_head = _W(C), _W(C, V)
+            self.conn = nn.ModuleList(Connection(cfg['arch'], C, cfg['expansion'], cfg['normEps'], cfg['sinkhornIters'])
+                                      for _ in range(2 * L))
+        self.norm, self.lm_head = _W(C), _linear(C, V)
         self._masks = {}
         with torch.no_grad():  # our initial values (a real init: init_params)
             for name, p in self.named_parameters():
@@ -149,36 +179,16 @@ class MhcModel(nn.Module):
         C, H = self.cfg['dModel'], self.cfg['heads']
         D = C // H
         x = rms_norm(h, self.cfg['normEps'], a.norm.weight)
-        q, k, v = (t.reshape(B, T, H, D).transpose(1, 2) for t in (x @ a.qkv.weight).split(C, dim=1))  # [B, H, T, D]
+        q, k, v = (t.reshape(B, T, H, D).transpose(1, 2) for t in a.qkv(x).split(C, dim=1))  # [B, H, T, D]
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D)) + self.causal_mask(T, h.device, h.dtype)
         y = torch.softmax(scores, dim=-1) @ v  # [B, H, T, D]
-        return y.transpose(1, 2).reshape(B * T, C) @ a.proj.weight
+        return a.proj(y.transpose(1, 2).reshape(B * T, C))
 
     def mlp(self, b, h):
         m = self.blocks[b].mlp
-        return gelu(rms_norm(h, self.cfg['normEps'], m.norm.weight) @ m.fc.weight) @ m.proj.weight
+        return m.proj(gelu(m.fc(rms_norm(h, self.cfg['normEps'], m.norm.weight))))
 
     # -- connections ----------------------------------------------------------------------------------------------
-    def connection_maps(self, l, xs):
-        """H_pre [N, n], H_post [N, n], H_res [N, n, n] of connection l for the stream xs [N, n, C]."""
-        c = self.conn[l]
-        N, n, C = xs.shape
-        eps = self.cfg['normEps']
-        if self.cfg['arch'] == 'hc':
-            proj = (rms_norm(xs, eps).reshape(N * n, C) @ c.theta).reshape(N, n, 2 + n)
-            pre, post, res = proj.split([1, 1, n], dim=2)
-            h_pre = c.alpha_pre * torch.tanh(pre.reshape(N, n)) + c.b_pre
-            h_post = c.alpha_post * torch.tanh(post.reshape(N, n)) + c.b_post
-            # res[N, j, i] = theta_res_i . x~_j and H_res[i, j] = theta_res_i . x~_j: hence the transpose.
-            h_res = c.alpha_res * torch.tanh(res.transpose(1, 2)) + c.b_res
-            return h_pre, h_post, h_res
-        proj = rms_norm(xs.reshape(N, n * C), eps) @ c.phi
-        pre, post, res = proj.split([n, n, n * n], dim=1)
-        h_pre = torch.sigmoid(c.alpha_pre * pre + c.b_pre)
-        h_post = 2 * torch.sigmoid(c.alpha_post * post + c.b_post)
-        h_res = sinkhorn_knopp(c.alpha_res * res.reshape(N, n, n) + c.b_res, self.cfg['sinkhornIters'])
-        return h_pre, h_post, h_res
-
     @staticmethod
     def apply_connection(maps, xs, F_):
         h_pre, h_post, h_res = maps
@@ -201,13 +211,13 @@ class MhcModel(nn.Module):
             if arch == 'baseline':
                 x = x + F_(x)
                 continue
-            m = self.connection_maps(l, x)
+            m = self.conn[l](x)  # (H_pre, H_post, H_res): what forward hooks on conn[l] see
             if return_maps:
                 maps.append({'h_pre': m[0], 'h_post': m[1], 'h_res': m[2]})
             x = self.apply_connection(m, x, F_)
         if arch != 'baseline':
             x = x.sum(dim=1)  # streams summed before the final norm
-        logits = rms_norm(x, self.cfg['normEps'], self.norm.weight) @ self.lm_head.weight
+        logits = self.lm_head(rms_norm(x, self.cfg['normEps'], self.norm.weight))
         return (logits, maps) if return_maps else logits
 
     def loss(self, tokens, targets):
@@ -221,13 +231,27 @@ class MhcModel(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # Parameters: our checkpoints, a fresh init
 
-def load(ckpt_dir, device='cpu', dtype=torch.float32):
-    """Our checkpoint directory (manifest.json + model.safetensors, F32, [in, out]) -> (MhcModel, cfg)."""
-    weights, manifest = stio.read_checkpoint(ckpt_dir)
-    cfg = manifest['model']
+def load(export_dir, device='cpu', dtype=torch.float32):
+    """What `mhc export` wrote (config.json + model.safetensors, nn.Linear layouts) -> (MhcModel, cfg)."""
+    config = read_export_config(export_dir)
+    cfg = config['model']
+    weights, _ = stio.read_safetensors(os.path.join(export_dir, 'model.safetensors'))
     model = MhcModel(cfg)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
     return model.to(device=device, dtype=dtype), cfg
+
+
+def read_export_config(export_dir):
+    with open(os.path.join(export_dir, 'config.json'), encoding='utf-8') as f:
+        config = json.load(f)
+    if config.get('format', 'mhc-pytorch') != 'mhc-pytorch' or 'model' not in config:
+        raise ValueError(f'{export_dir}: config.json is not an mhc export (run mhc export CKPT --out DIR)')
+    return config
+
+
+def to_ours(name, t, transposed):
+    """A tensor of parameter `name` in our [in, out] layout (transposed: the export's config.json "transposed")."""
+    return t.T if name in transposed else t
 
 
 def init_params(model, seed=1337):
@@ -241,8 +265,8 @@ def init_params(model, seed=1337):
     with torch.no_grad():
         for name, shape, _, (kind, arg) in stio.param_specs(model.cfg):
             p = params[name]
-            if kind == 'normal':
-                t = torch.randn(shape, generator=g, dtype=torch.float32) * arg
+            if kind == 'normal':  # p.shape: nn.Linear weights are the transpose of our spec's shape
+                t = torch.randn(tuple(p.shape), generator=g, dtype=torch.float32) * arg
             elif kind == 'const':
                 t = torch.full(shape, float(arg))
             else:
