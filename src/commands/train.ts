@@ -3,15 +3,17 @@ import {Flags} from '@oclif/core'
 import type {NonFiniteEvent} from '../model/errors.js'
 
 import {assertFits, assertWritableDir, BaseCommand, EXIT, flagError, UsageError} from '../cli/base.js'
-import {archFlag, backendFlag, MODEL_FLAGS, overridesFrom, TRAIN_FLAGS} from '../cli/flags.js'
+import {archFlag, backendFlag, FLAG_KEYS, MODEL_FLAGS, overridesFrom, pick, TRAIN_FLAGS} from '../cli/flags.js'
 import {chart, progressBar, table} from '../cli/render.js'
+import {readRunConfig, runConfigDoc, runConfigYaml} from '../cli/run-config.js'
 import {configFromPreset, DEFAULT_ARCH, DEFAULT_PRESET, ModelConfig, PRESETS, TrainConfig} from '../model/config.js'
 import {connectionOf} from '../model/connections/index.js'
-import {backendJson} from '../model/engines/backends.js'
+import {backendJson, resolveBackendChoice} from '../model/engines/backends.js'
 import {checkpointCorpus, loadCorpus} from '../model/io/data.js'
 import {modelProblem, parameterCount} from '../model/params.js'
 import {evaluate, runTraining} from '../model/train/loop.js'
 import {newRunDir, readCheckpoint, resumeRunDir} from '../model/train/run-dir.js'
+import {trainingMemoryEstimate} from '../profile/cost-models/memory.js'
 
 // Flags a resumed run may change freely: the schedule, the policies, and recomputation (memory, not maths: gradients
 // are equal with and without it). Every other model or training flag would change the optimisation path of a
@@ -27,12 +29,53 @@ const RESUMABLE = [
   'max-nonfinite',
 ]
 
+// The presets as --help shows them: a column per setting that differs between them, the shared values once.
+function presetHelp(): string {
+  const rows = Object.entries(PRESETS).map(([name, p]) => ({name, ...p.model, ...p.train}) as Record<string, any>)
+  const shared: string[] = []
+  const grid = (keys: [string, string][]) => {
+    const differ = keys.filter(([, k]) => rows.some((r) => r[k] !== rows[0][k]))
+    for (const [f, k] of keys) if (!differ.some(([g]) => g === f)) shared.push(`--${f} ${rows[0][k]}`)
+    const cells = [
+      ['preset', ...differ.map(([f]) => f)],
+      ...rows.map((r) => [r.name, ...differ.map(([, k]) => String(r[k]))]),
+    ]
+    const width = cells[0].map((_, c) => Math.max(...cells.map((row) => row[c].length)))
+    return cells.map((row) => row.map((v, c) => (c === 0 ? v.padEnd(width[c]) : v.padStart(width[c]))).join('  '))
+  }
+
+  const keys = (flags: object) => Object.keys(flags).map((f) => [f, FLAG_KEYS[f]] as [string, string])
+  const inPresets = ([, k]: [string, string]) => k in rows[0]
+  const model = grid(keys(MODEL_FLAGS).filter(inPresets))
+  const train = grid(keys(TRAIN_FLAGS).filter(inPresets))
+  return [...model, '', ...train, '', `Every preset: ${shared.join(' ')}.`].join('\n')
+}
+
+// What --config may set: every setting of a run, not the command's own switches (--resume, --config, output modes).
+const CONFIGURABLE = [
+  'arch',
+  'preset',
+  'data',
+  'out',
+  'init-from',
+  'backend',
+  ...Object.keys(MODEL_FLAGS),
+  ...Object.keys(TRAIN_FLAGS),
+  'keep-last',
+  'keep-best',
+]
+
 export default class Train extends BaseCommand {
   static override description = `Train (or resume) a byte-level Transformer with a residual, HC or mHC connection.
 
-Defaults: the ${DEFAULT_PRESET} preset, --arch ${DEFAULT_ARCH}, Moby Dick as the corpus, the best backend available.
-Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and checkpoints <out>/ckpt-NNNNNN/
-(manifest.json + safetensors), with <out>/latest naming the newest.`
+Defaults: the ${DEFAULT_PRESET} preset, --arch ${DEFAULT_ARCH}, Moby Dick as the corpus, the best backend available. Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and checkpoints <out>/ckpt-NNNNNN/ (manifest.json + safetensors), with <out>/latest naming the newest (and <out>/best the lowest validation loss, with --keep-best).
+
+Settings come from the preset, then --config FILE (YAML or JSON: flag names as keys, or a manifest's model/train blocks), then flags. --print-config prints the result as a config file; --dry-run checks everything, prints the configuration, parameter count and estimated memory, and exits without training.
+
+Presets (${Object.entries(PRESETS)
+    .map(([name, p]) => `${name}: ${p.description}`)
+    .join('; ')}):
+${presetHelp()}`
   static override examples = [
     '<%= config.bin %> <%= command.id %>',
     '<%= config.bin %> <%= command.id %> --arch hc --preset tiny --out runs/hc-tiny',
@@ -49,9 +92,27 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
     data: Flags.string({description: 'UTF-8 text file to train on [default: Moby Dick, bundled]'}),
     out: Flags.string({description: 'run directory [default: runs/<arch>, or runs/<arch>-N if taken]'}),
     resume: Flags.string({description: 'continue from a checkpoint or run directory (its config is used)'}),
+    'init-from': Flags.string({
+      description:
+        'start a new run from these weights (a checkpoint or run directory): its model, fresh optimiser and schedule',
+    }),
     backend: backendFlag(),
     ...MODEL_FLAGS,
     ...TRAIN_FLAGS,
+    'keep-last': Flags.integer({
+      min: 1,
+      description: 'keep only the newest N checkpoints (and the best, with --keep-best)',
+    }),
+    'keep-best': Flags.boolean({
+      description: 'evaluate at every checkpoint, keep the one with the lowest validation loss, name it in <out>/best',
+    }),
+    config: Flags.string({description: 'YAML or JSON file of settings (flag names as keys); flags override it'}),
+    'print-config': Flags.boolean({
+      description: 'print the resolved settings as a config file (YAML; JSON with --json), then exit',
+    }),
+    'dry-run': Flags.boolean({
+      description: 'check everything, print the configuration, parameter count and memory estimate, then exit',
+    }),
     progress: Flags.boolean({
       description: 'show a progress bar on stderr (never under --json)',
       default: true,
@@ -60,15 +121,30 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
   }
 
   async run() {
-    const {flags} = await this.parse(Train).catch(flagError)
-    this.verbose = flags.verbose
+    const {flags: cli} = await this.parse(Train).catch(flagError)
+    this.verbose = cli.verbose
+    // Preset < config file < flags: the file's values fill in what the command line did not give.
+    const fromFile = cli.config
+      ? await readRunConfig(cli.config, pick(Train.flags as Record<string, any>, CONFIGURABLE))
+      : {}
+    if (cli.config && cli.resume && Object.keys(fromFile).length > 0)
+      throw new UsageError('--config and --resume: a resumed run takes its settings from the checkpoint')
+    const flags = {
+      ...fromFile,
+      ...Object.fromEntries(
+        Object.entries(cli).filter(([k, v]) => v !== undefined && !(k in fromFile && k === 'progress')),
+      ),
+    } as typeof cli
     const given = (names: string[]) => names.filter((f) => (flags as any)[f] !== undefined)
+    if (flags.resume && flags['init-from'])
+      throw new UsageError('--resume continues a run; --init-from starts a new one from its weights: give one of them')
 
     // 1. Configuration: a checkpoint's, or a preset's with flag overrides. All input is checked before any work.
     let model: ModelConfig
     let train: TrainConfig
     let outDir: string
     const ck = flags.resume ? readCheckpoint(flags.resume, {optimizer: true}) : undefined
+    const init = flags['init-from'] ? readCheckpoint(flags['init-from']) : undefined
     if (ck) {
       const fixed = [
         ...given([...Object.keys(MODEL_FLAGS), ...Object.keys(TRAIN_FLAGS)]).filter((f) => !RESUMABLE.includes(f)),
@@ -90,7 +166,15 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
       if (plan.note) this.logToStderr(`note: ${plan.note}`)
     } else {
       const overrides = overridesFrom(flags, [...Object.keys(MODEL_FLAGS), ...Object.keys(TRAIN_FLAGS)])
-      ;({model, train} = configFromPreset(flags.preset ?? DEFAULT_PRESET, flags.arch ?? DEFAULT_ARCH, overrides))
+      const arch = init?.manifest.model.arch ?? flags.arch ?? DEFAULT_ARCH
+      ;({model, train} = configFromPreset(flags.preset ?? DEFAULT_PRESET, arch, overrides))
+      if (init) {
+        const fixed = given([...Object.keys(MODEL_FLAGS), 'arch'])
+        if (fixed.length > 0)
+          throw new UsageError(`--init-from takes the model from the checkpoint; drop --${fixed.join(', --')}`)
+        model = init.manifest.model
+      }
+
       if (model.dModel % model.heads !== 0)
         throw new UsageError(`--d-model ${model.dModel} must be divisible by --heads ${model.heads}`)
       const problem = modelProblem(model) // the connection's own rules (n ≥ 2 for hc/mhc, t_max ≥ 1 for mhc), in flag names
@@ -112,6 +196,17 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
     const corpus = ck
       ? checkpointCorpus(ck.manifest.data, flags.data, model.seqLen + 1, true)
       : loadCorpus(flags.data, 0.1, model.seqLen + 1)
+    const keep = {last: flags['keep-last'], best: flags['keep-best'] ?? false}
+
+    if (flags['print-config'] || flags['dry-run']) {
+      const resolved = {arch: model.arch, data: corpus.source, model, train}
+      if (flags['print-config']) {
+        if (!this.jsonEnabled()) process.stdout.write(runConfigYaml(resolved))
+        return runConfigDoc(resolved)
+      }
+
+      return this.dryRun(resolved, {outDir, backend: flags.backend, resume: ck?.dir, initFrom: init?.dir, keep})
+    }
 
     // 3. The engine, after the memory it needs is known to fit.
     const needs = {model, batch: train.batch, recomputeBlock: train.recomputeBlock ?? 0}
@@ -146,11 +241,67 @@ Writes <out>/metrics.jsonl (one JSON record per step and per evaluation) and che
 
       return await this.train(
         flags.progress && !this.jsonEnabled(),
-        {model, train, corpus, outDir, engine, resume: ck},
+        {model, train, corpus, outDir, engine, resume: ck, init, keepLast: keep.last, keepBest: keep.best},
         {backend, params: nParams},
       )
     } finally {
       engine.dispose()
+    }
+  }
+
+  /** --dry-run: everything is checked (configs, corpus, run directory); this says what a run would do, and writes nothing. */
+  private dryRun(
+    c: {arch: string; data: string; model: ModelConfig; train: TrainConfig},
+    o: {outDir: string; backend?: string; resume?: string; initFrom?: string; keep: {last?: number; best: boolean}},
+  ) {
+    const params = parameterCount(c.model)
+    const recomputeBlock = c.train.recomputeBlock ?? 0
+    const memory = trainingMemoryEstimate({...c.model, params, batch: c.train.batch, recomputeBlock})
+    const choice = resolveBackendChoice(o.backend, this.config.configDir)
+    const bytes = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(1)} MiB`)
+    const m = c.model
+    const t = c.train
+    this.log(
+      table(
+        ['setting', 'value'],
+        [
+          ['run directory', `${o.outDir}${o.resume ? ` (resuming ${o.resume})` : ''}`],
+          ...(o.initFrom ? [['initial weights', o.initFrom]] : []),
+          ['corpus', c.data],
+          [
+            'arch',
+            `${m.arch}${m.arch === 'baseline' ? '' : ` (n = ${m.expansion}${m.arch === 'mhc' ? `, t_max = ${m.sinkhornIters}` : ''})`}`,
+          ],
+          [
+            'model',
+            `${m.layers} block${m.layers === 1 ? '' : 's'}, C = ${m.dModel}, ${m.heads} heads, T = ${m.seqLen}, MLP ×${m.mlpRatio}`,
+          ],
+          ['parameters', params.toLocaleString('en-US')],
+          ['steps', `${t.steps} × batch ${t.batch} (${(t.steps * t.batch * m.seqLen).toLocaleString('en-US')} tokens)`],
+          ['lr', `${t.lr} peak, ${t.warmup} warm-up steps, cosine to ×${t.minLrRatio}`],
+          ['optimiser', `AdamW (β ${t.beta1}, ${t.beta2}), weight decay ${t.weightDecay}, clip ${t.gradClip || 'off'}`],
+          ['evaluation', `every ${t.evalEvery || '-'} steps, ${t.evalWindows} windows`],
+          [
+            'checkpoints',
+            `every ${t.saveEvery || '-'} steps and at the end${o.keep.last ? `, newest ${o.keep.last} kept` : ''}${o.keep.best ? ', best kept' : ''}`,
+          ],
+          ['backend', `${choice.choice} (${choice.source})`],
+          [
+            'memory (estimate, tfjs)',
+            `${bytes(memory.bytes)}: ${bytes(memory.state)} weights, gradients, AdamW; ${bytes(memory.activations)} activations`,
+          ],
+        ],
+        ['left', 'left'],
+      ),
+    )
+    this.logToStderr('dry run: nothing was trained or written')
+    return {
+      dryRun: true,
+      outDir: o.outDir,
+      ...c,
+      params,
+      memory,
+      backend: {requested: choice.choice, source: choice.source},
     }
   }
 

@@ -54,6 +54,8 @@ export interface Engine {
   trainStep(batch: Batch, hp: StepHyper): Promise<StepResult>
   /** Mean next-byte cross-entropy (nats) of the batch, forward only. */
   loss(batch: Batch): Promise<number>
+  /** Next-byte logits [size·seqLen, vocab], forward only (sampling). Engines without it are skipped by `needs.logits`. */
+  logits?(batch: Batch): Promise<Float32Array>
   /** Every layer's H maps for every token of the batch (hc/mhc). */
   maps(batch: Batch): Promise<LayerMapsData>
   /** Weights and moments read back to the host (checkpoints). */
@@ -69,4 +71,6 @@ export interface EngineOptions {
   batch?: number
   /** L_r: recompute blocks of this many layers in the backward pass (paper §4.3.2); 0 = off. Memory, not maths. */
   recomputeBlock?: number
+  /** The command reads logits (engine.logits): only engines that return them will do. */
+  logits?: boolean
 }

@@ -12,6 +12,7 @@ import {ModelConfig, TrainConfig, trainConfigProblem} from '../config.js'
 import {InputError} from '../errors.js'
 import {HostTensors, modelProblem, paramSpecs} from '../params.js'
 import {fsyncDir, tempName, writeFileSynced} from './atomic.js'
+import {toolVersion} from './provenance.js'
 import {decodeSafetensors, encodeSafetensors, NamedTensor} from './safetensors.js'
 
 export const CHECKPOINT_FORMAT = 'mhc-checkpoint'
@@ -32,6 +33,10 @@ export interface Manifest {
   rng: {data: number}
   metrics: {trainLoss?: number; valLoss?: number}
   backend: string
+  /** The mhc that wrote it: package version and, from a git checkout, the commit (`+dirty` with local changes). */
+  mhc?: {version: string; commit?: string}
+  /** A run started with --init-from: the weights it started from. */
+  initFrom?: {checkpoint: string; step: number}
   tensors: {file: string; name: string; shape: number[]; dtype: 'F32'}[]
   files: Record<string, {sha256: string; bytes: number}>
 }
@@ -51,6 +56,7 @@ export interface SaveInfo {
   data: DataInfo
   metrics: Manifest['metrics']
   backend: string
+  initFrom?: Manifest['initFrom']
 }
 
 /** A verified checkpoint in host memory (`m`, `v` only when asked for). */
@@ -123,6 +129,8 @@ export function writeCheckpoint(
       rng: {data: state.dataRng},
       metrics: info.metrics,
       backend: info.backend,
+      mhc: toolVersion(),
+      ...(info.initFrom ? {initFrom: info.initFrom} : {}),
       tensors,
       files,
     }

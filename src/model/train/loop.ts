@@ -1,5 +1,6 @@
 // The training loop, engine-agnostic: sample a batch, take one AdamW step on the engine, log, evaluate, checkpoint.
 // The host keeps what makes a run reproducible and resumable: the step, the data-order RNG and the lr schedule.
+import {existsSync} from 'node:fs'
 import {basename, dirname, resolve} from 'node:path'
 
 import type {Engine} from '../engines/engine.js'
@@ -14,13 +15,14 @@ import {
 import {NonFiniteError, NonFiniteEvent, NonFiniteOrigin} from '../errors.js'
 import {CheckpointData, stateOf, TrainingState} from '../io/checkpoint.js'
 import {Corpus, evalWindows, sampleBatch, windowsToBatch} from '../io/data.js'
-import {initParamData} from '../params.js'
+import {HostTensors, initParamData} from '../params.js'
 import {Rng} from '../rng.js'
 import {
   ancestors,
   appendMetric,
   clearMetrics,
   openRunDir,
+  pruneCheckpoints,
   readCheckpoint,
   removeStaleTemps,
   rewindRun,
@@ -67,10 +69,13 @@ export interface StepReport {
   seconds: number
 }
 
-/** Puts a state into the engine (the seeded initial one when none is given) and returns the host side of it. */
-export function restore(engine: Engine, tc: TrainConfig, s?: TrainingState): Position {
+/**
+ * Puts a state into the engine and returns the host side of it. Without one: step 0 from `init` weights (--init-from)
+ * or the seeded initial ones, fresh AdamW moments.
+ */
+export function restore(engine: Engine, tc: TrainConfig, s?: TrainingState, init?: HostTensors): Position {
   if (!s) {
-    engine.load({params: initParamData(engine.model, tc.seed)})
+    engine.load({params: init ?? initParamData(engine.model, tc.seed)})
     return {step: 0, dataRng: new Rng(tc.seed + 1)}
   }
 
@@ -107,6 +112,9 @@ export interface RunOptions {
   outDir: string
   engine: Engine // built for `model`; the loop loads the initial or resumed state into it
   resume?: CheckpointData // continue this checkpoint's run (weights, AdamW moments, step, data RNG); read with its optimizer state
+  init?: CheckpointData // a new run starting from these weights (fresh moments, step 0, the new config's data order)
+  keepLast?: number // after each save, remove all but the newest N checkpoints (never `latest` or `best`)
+  keepBest?: boolean // evaluate at every save and name the lowest validation loss in <run>/best (kept by keepLast)
   signal?: AbortSignal // a stop request (SIGINT/SIGTERM), honoured after the current step: save, then return `interrupted`
   onStep?: (r: StepReport) => void
   onEval?: (step: number, valLoss: number) => void
@@ -157,7 +165,7 @@ async function trainLoop(o: RunOptions): Promise<RunSummary> {
     pos = restore(engine, tc, stateOf(o.resume))
     truncateMetrics(outDir, pos.step)
   } else {
-    pos = restore(engine, tc)
+    pos = restore(engine, tc, undefined, o.init?.params)
     clearMetrics(outDir)
   }
 
@@ -191,13 +199,20 @@ async function trainLoop(o: RunOptions): Promise<RunSummary> {
   }
 
   const save = async () => {
+    if (o.keepBest && lastEval !== pos.step) await validate() // "best" needs every checkpoint's validation loss
     const state = await engine.readState()
     const dir = saveCheckpoint(outDir, {step: pos.step, ...state, dataRng: pos.dataRng.state}, cfg, tc, {
       data: {source: corpus.source, sha256: corpus.sha256, bytes: corpus.bytes},
       metrics: {trainLoss: summary.trainLoss, valLoss: lastEval === pos.step ? summary.valLoss : undefined},
       backend: engine.backend,
+      initFrom: o.init ? {checkpoint: o.init.dir, step: o.init.manifest.step} : o.resume?.manifest.initFrom,
     })
     path = [...path.filter((c) => c.step < pos.step), {step: pos.step, dir}]
+    if (o.keepLast || o.keepBest) {
+      pruneCheckpoints(outDir, {keepLast: o.keepLast, keepBest: o.keepBest ?? false})
+      path = path.filter((c) => existsSync(c.dir)) // rollbacks can only go back to what is kept
+    }
+
     summary.checkpoint = dir
     o.onSave?.(dir)
   }

@@ -39,6 +39,7 @@ import {
 
 export const METRICS_FILE = 'metrics.jsonl'
 export const LATEST = 'latest'
+export const BEST = 'best'
 export const LOCK_FILE = '.lock'
 
 export const checkpointName = (step: number) => `ckpt-${String(step).padStart(6, '0')}`
@@ -72,6 +73,14 @@ export function resolveCheckpoint(path: string): string {
   if (!existsSync(path)) throw new CheckpointError(`${path}: no such checkpoint or run directory`)
   // RUN/latest, as a shell completes it: the pointer file stands for its run.
   if (basename(path) === LATEST && statSync(path).isFile()) return resolveCheckpoint(dirname(path))
+  // RUN/best (--keep-best): the checkpoint it names, which must be there.
+  if (basename(path) === BEST && statSync(path).isFile()) {
+    const name = readSmallFile(path, 1024).toString('utf8').trim()
+    if (!isCheckpointName(name) || !existsSync(join(dirname(path), name, MANIFEST)))
+      throw new CheckpointError(`${path}: does not name a complete checkpoint ("${name.slice(0, 40)}")`)
+    return join(dirname(path), name)
+  }
+
   if (!statSync(path).isDirectory())
     throw new CheckpointError(`${path}: not a directory (expected a checkpoint or run directory)`)
   if (existsSync(join(path, MANIFEST))) return path
@@ -100,6 +109,55 @@ export function readCheckpoint(
   opts: {optimizer?: boolean; allowNonFinite?: boolean} = {},
 ): CheckpointData {
   return readCheckpointDir(resolveCheckpoint(path), opts)
+}
+
+/**
+ * After a save (--keep-best, --keep-last): names the checkpoint with the lowest validation loss in <run>/best, then
+ * removes all but the newest `keepLast` checkpoints, never the one `latest` or `best` names. A checkpoint without a
+ * validation loss is never the best. Returns the best name and the names removed.
+ */
+export function pruneCheckpoints(
+  runDir: string,
+  o: {keepLast?: number; keepBest: boolean},
+): {best?: string; removed: string[]} {
+  const names = completeCheckpoints(runDir)
+  let best: string | undefined
+  if (o.keepBest) {
+    let bestLoss = Infinity
+    for (const name of names) {
+      let valLoss: unknown
+      try {
+        valLoss = JSON.parse(readFileSync(join(runDir, name, MANIFEST), 'utf8')).metrics?.valLoss
+      } catch {
+        continue // unreadable: not a candidate (and kept: it is not ours to judge)
+      }
+
+      if (typeof valLoss === 'number' && valLoss < bestLoss) [best, bestLoss] = [name, valLoss]
+    }
+
+    if (best) writeFileAtomic(join(runDir, BEST), best + '\n')
+  }
+
+  const removed: string[] = []
+  if (o.keepLast) {
+    const latest = readPointer(join(runDir, LATEST))
+    const keep = new Set([best, latest, ...names.slice(-o.keepLast)])
+    for (const name of names)
+      if (!keep.has(name)) {
+        rmSync(join(runDir, name), {recursive: true, force: true})
+        removed.push(name)
+      }
+  }
+
+  return {best, removed}
+}
+
+const readPointer = (p: string): string | undefined => {
+  try {
+    return readFileSync(p, 'utf8').trim()
+  } catch {
+    return undefined
+  }
 }
 
 /** The names of a run's complete checkpoints (with a manifest), oldest first. */
@@ -354,7 +412,7 @@ export function openRunDir(dir: string): OpenRunDir {
 // Crash leftovers
 
 // Our temp names (io/atomic.ts tempName): <target>.tmp-<pid>-<12 hex digits>, for checkpoints, `latest` and metrics.
-const TEMP_NAME = /^(?:ckpt-\d+|latest|metrics\.jsonl|\.lock)\.tmp-(\d+)-[0-9a-f]{12}$/
+const TEMP_NAME = /^(?:ckpt-\d+|latest|best|metrics\.jsonl|\.lock)\.tmp-(\d+)-[0-9a-f]{12}$/
 
 export const isAlive = (pid: number) => {
   try {

@@ -155,6 +155,16 @@ export class TfjsEngine implements Engine {
     }
   }
 
+  async logits(batch: Batch): Promise<Float32Array> {
+    const {x, y} = tensors(batch)
+    const logits = tf.tidy(() => forward(this.params, this.model, x).logits)
+    try {
+      return (await logits.data()) as Float32Array
+    } finally {
+      tf.dispose([logits, x, y])
+    }
+  }
+
   async maps(batch: Batch): Promise<LayerMapsData> {
     const {x, y} = tensors(batch)
     // forward keeps the captured maps alive past the tidy; everything else it made is freed here.

@@ -46,6 +46,8 @@ export const MAX_EXPANSION = 8
  * engine; an explicit `--backend webgpu` reports it as bad input.
  */
 export function unsupported(needs: Partial<EngineOptions>): string | undefined {
+  if (needs.logits)
+    return 'the webgpu engine does not return logits: sampling needs a tfjs backend (e.g. --backend wasm)'
   if ((needs.recomputeBlock ?? 0) > 0)
     return 'the webgpu engine keeps every activation: --recompute-block needs a tfjs backend (e.g. --backend wasm)'
   const m = needs.model
