@@ -19,8 +19,9 @@ that turns one hook call into the maps:
 Command line (our reference model):
     python3 python/record_maps.py EXPORT_DIR --text corpus.txt [--tokens 4096] --out maps.safetensors
     python3 python/record_maps.py EXPORT_DIR --tokens-file batch.safetensors:tokens --out maps.safetensors
---text samples windows of seqLen bytes evenly spaced over the text's last 10% (the validation split, as mhc samples
-it); --tokens-file takes an integer tensor [sequences, T] from a safetensors file.
+--text samples windows of seqLen bytes evenly spaced over the text's last 10% (the validation split), the very windows
+`mhc analyze-gain --data FILE --tokens N` samples; --tokens-file takes an integer tensor [sequences, T] from a
+safetensors file.
 """
 import argparse
 import os
@@ -42,42 +43,48 @@ def _ours(module, args, output):
 @torch.no_grad()
 def record(model, tokens, modules=None, extract=None, batch=16, run=None):
     """Runs `model` on tokens [S, T] (`batch` sequences at a time; `run(model, tokens)` if the model is called some
-    other way) and returns {'h_res': [per layer [S*T, n, n]], 'h_pre', 'h_post': [per layer [S*T, n]] or None},
-    float32 numpy, tokens in order (sequence-major). `modules`: one per residual connection, in layer order; each must
-    run exactly once per forward pass."""
+    other way) in eval mode (no dropout; the mode is restored after), and returns {'h_res': [per layer [S*T, n, n]],
+    'h_pre', 'h_post': [per layer [S*T, n]] or None}, float32 numpy, tokens in order (sequence-major). `modules`: one
+    per residual connection, in layer order; each must run exactly once per forward pass."""
     modules = list(model.conn) if modules is None else list(modules)
     extract = extract or _ours
     if not modules:
         raise ValueError('no connection modules: a plain residual model has no maps')
-    seen = [[] for _ in modules]
+    seen = [[] for _ in modules]  # per layer, one (h_res, h_pre, h_post) per forward pass
 
     def hook(l):
         def fn(module, args, output):
-            h_res, h_pre, h_post = extract(module, args, output)
-            seen[l].append(tuple(None if t is None else t.detach().float().cpu().numpy() for t in (h_res, h_pre, h_post)))
+            maps = extract(module, args, output)
+            seen[l].append(tuple(None if t is None else t.detach().float().cpu().numpy() for t in maps))
         return fn
 
     handles = [m.register_forward_hook(hook(l)) for l, m in enumerate(modules)]
+    was_training = model.training
+    model.eval()
     try:
-        for i in range(0, tokens.shape[0], batch):
+        for passes, i in enumerate(range(0, tokens.shape[0], batch), start=1):
             (run or (lambda m, t: m(t)))(model, tokens[i:i + batch])
-            calls = {len(s) for s in seen}
-            if calls != {i // batch + 1}:
-                raise ValueError(f'the connection modules ran {sorted(calls)} times in {i // batch + 1} forward passes: '
+            counts = {len(layer) for layer in seen}
+            if counts != {passes}:
+                raise ValueError(f'the connection modules ran {sorted(counts)} times in {passes} forward passes: '
                                  'pass one module per residual connection, each run once per forward pass')
     finally:
         for h in handles:
             h.remove()
+        model.train(was_training)
     out = {}
     for k, name in enumerate(('h_res', 'h_pre', 'h_post')):
-        parts = [[call[k] for call in calls] for calls in seen]
-        if any(p is None for layer in parts for p in layer):
+        parts = [[call[k] for call in layer] for layer in seen]
+        present = [p is not None for layer in parts for p in layer]
+        if not any(present):
             if name == 'h_res':
                 raise ValueError('extract returned no H_res')
             out[name] = None
             continue
-        out[name] = [np.concatenate([p.reshape(-1, *p.shape[-2 if name == 'h_res' else -1:]) for p in layer])
-                     for layer in parts]
+        if not all(present):
+            raise ValueError(f'extract returned {name} for some calls and None for others')
+        tail = 2 if name == 'h_res' else 1  # [..., n, n] or [..., n]: leading dimensions become tokens
+        out[name] = [np.concatenate([p.reshape(-1, *p.shape[-tail:]) for p in layer]) for layer in parts]
     return out
 
 
@@ -103,19 +110,6 @@ def write_maps_file(path, maps, constraint=None, arch=None, layer_kinds=None, so
     stio.write_safetensors(path, tensors, meta)
 
 
-def text_windows(path, tokens, seq_len):
-    """About `tokens` bytes of the text's last 10% in whole windows of seq_len, evenly spaced (as mhc's evalWindows)."""
-    with open(path, 'rb') as f:
-        data = f.read()
-    val = np.frombuffer(data[int(len(data) * 0.9):], dtype=np.uint8)
-    count = max(1, round(tokens / seq_len))
-    span = len(val) - seq_len - 1
-    if span < 0:
-        raise ValueError(f'{path}: its last 10% ({len(val)} bytes) is shorter than one window of {seq_len + 1}')
-    offsets = [0] if count <= 1 else [(i * span) // (count - 1) for i in range(count)]
-    return np.stack([val[o:o + seq_len] for o in offsets]).astype(np.int64)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('export_dir', help='what `mhc export CKPT --out DIR` wrote')
@@ -126,14 +120,28 @@ def main():
     ap.add_argument('--out', required=True)
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     a = ap.parse_args()
-    model, cfg = mhc_ref.load(a.export_dir, device=a.device)
+    try:
+        model, cfg = mhc_ref.load(a.export_dir, device=a.device)
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f'error: {a.export_dir}: not an mhc export ({type(e).__name__}: {e})')
     if cfg['arch'] == 'baseline':
-        sys.exit(f'{a.export_dir}: a baseline model has no hyper-connection maps')
+        sys.exit(f'error: {a.export_dir}: a baseline model has no hyper-connection maps')
     if a.text:
-        tokens = text_windows(a.text, a.tokens, cfg['seqLen'])
+        try:
+            with open(a.text, 'rb') as f:
+                tokens = stio.eval_windows(f.read(), a.tokens, cfg['seqLen'])
+        except (OSError, ValueError) as e:
+            sys.exit(f'error: --text {a.text}: {e}')
     else:
         file, _, name = a.tokens_file.rpartition(':')
-        tokens = stio.read_safetensors(file)[0][name].astype(np.int64)
+        if not file:
+            sys.exit(f'error: --tokens-file {a.tokens_file}: expected FILE.safetensors:NAME')
+        try:
+            tokens = stio.read_safetensors(file)[0][name].astype(np.int64)
+        except (OSError, ValueError, KeyError) as e:
+            sys.exit(f'error: --tokens-file {a.tokens_file}: {type(e).__name__}: {e}')
+        if tokens.ndim != 2 or tokens.min() < 0 or tokens.max() >= cfg['vocabSize']:
+            sys.exit(f'error: --tokens-file {a.tokens_file}: expected integers in [0, {cfg["vocabSize"]}) of shape [sequences, T]')
     maps = record(model, torch.from_numpy(tokens).to(a.device))
     write_maps_file(a.out, maps, constraint='sinkhorn' if cfg['arch'] == 'mhc' else 'none', arch=cfg['arch'],
                     layer_kinds=['attn' if l % 2 == 0 else 'mlp' for l in range(2 * cfg['layers'])],

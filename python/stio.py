@@ -6,6 +6,7 @@ safetensors layout: 8-byte little-endian u64 N, N bytes of JSON header {name: {d
 The `safetensors` package is used when it is importable, the hand parser otherwise (same result).
 """
 import json
+import math
 import os
 import struct
 
@@ -22,11 +23,16 @@ def read_safetensors_header(path):
     return header, 8 + n
 
 
+def _bf16_to_f32(raw):
+    """bfloat16 bits (uint16) widened to float32 exactly: they are a float32's upper half."""
+    return (raw.astype('<u4') << 16).view('<f4')
+
+
 def read_safetensors(path, use_package=True):
-    """{name: np.ndarray} (native-endian copies) and the metadata dict."""
+    """{name: np.ndarray} (native-endian copies; BF16 widened to float32) and the metadata dict."""
     header, start = read_safetensors_header(path)
     metadata = header.pop('__metadata__', {}) or {}
-    if use_package:
+    if use_package and not any(e.get('dtype') == 'BF16' for e in header.values() if isinstance(e, dict)):
         try:
             from safetensors.numpy import load_file
             # The header's shape, always: some versions of the package load a 0-d tensor (shape []) as shape (1,).
@@ -38,9 +44,12 @@ def read_safetensors(path, use_package=True):
         data = f.read()
     out = {}
     for name, e in header.items():
+        b, end = e['data_offsets']
+        if e['dtype'] == 'BF16':
+            out[name] = _bf16_to_f32(np.frombuffer(data[b:end], dtype='<u2')).reshape(e['shape']).astype(np.float32)
+            continue
         if e['dtype'] not in _DTYPES:
             raise ValueError(f'{path}: tensor {name}: unsupported dtype {e["dtype"]}')
-        b, end = e['data_offsets']
         arr = np.frombuffer(data[b:end], dtype=_DTYPES[e['dtype']]).reshape(e['shape'])
         out[name] = arr.astype(arr.dtype.newbyteorder('='), copy=True)
     return out, metadata
@@ -57,7 +66,7 @@ def write_safetensors(path, tensors, metadata=None):
         header['__metadata__'] = {str(k): str(v) for k, v in metadata.items()}
     for name, arr in tensors.items():
         code, arr = arr if isinstance(arr, tuple) else (None, arr)
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr, order='C')  # not ascontiguousarray: it turns a 0-d scalar into shape (1,)
         le = arr.astype(arr.dtype.newbyteorder('<'), copy=False)
         code = code or codes.get(le.dtype)
         if code is None:
@@ -95,6 +104,19 @@ def read_checkpoint(ckpt_dir, optimizer=False):
         return weights, manifest
     opt, _ = read_safetensors(os.path.join(ckpt_dir, 'optimizer.safetensors'))
     return weights, manifest, opt
+
+
+def eval_windows(data, tokens, seq_len):
+    """About `tokens` bytes of `data`'s last 10% (its validation split) in whole windows of seq_len + 1, evenly spaced:
+    the windows mhc analyze-gain samples (src/profile/analysis/maps.ts mapWindows, src/model/io/data.ts evalWindows).
+    Returns the window inputs as int64 [count, seq_len]."""
+    val = np.frombuffer(bytes(data[int(len(data) * 0.9):]), dtype=np.uint8)
+    count = max(1, math.floor(tokens / seq_len + 0.5))  # JavaScript's Math.round, not Python's round-half-even
+    span = len(val) - seq_len - 1
+    if span < 0:
+        raise ValueError(f'the last 10% of the text ({len(val)} bytes) is shorter than one window of {seq_len + 1}')
+    offsets = [0] if count <= 1 else [(i * span) // (count - 1) for i in range(count)]
+    return np.stack([val[o:o + seq_len] for o in offsets]).astype(np.int64)
 
 
 def param_specs(cfg):

@@ -29,6 +29,7 @@ import torch
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 sys.path.insert(0, os.path.join(ROOT, 'python'))
 import mhc_ref  # noqa: E402
+import torch_setup  # noqa: E402
 import record_maps  # noqa: E402
 import stio  # noqa: E402
 
@@ -174,7 +175,7 @@ def check_fixture(rows, fixture, expected_dir, device, dtype):
 
     ours = {k: ours_layout(k, torch.from_numpy(exp[f'grad.{k}'])) for k in names}
     manual = lambda m: mhc_ref.AdamW(m, **hyper)  # noqa: E731
-    builtin = lambda m: mhc_ref.torch_adamw(m, **hyper)  # noqa: E731
+    builtin = lambda m: torch_setup.torch_adamw(m, **hyper)  # noqa: E731
 
     def with_torch_grads():
         if not theirs:
@@ -199,7 +200,7 @@ def main():
     env = {'fixture': None, 'quantity': 'environment', 'device': a.device, 'torch': torch.__version__,
            'python': platform.python_version(), 'numpy': np.__version__, 'time': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
     try:
-        env['tf32'] = mhc_ref.disable_tf32()
+        env['tf32'] = torch_setup.disable_tf32()
         if a.device.startswith('cuda'):
             env['gpu'] = torch.cuda.get_device_name(torch.device(a.device))
             env['cuda'] = torch.version.cuda

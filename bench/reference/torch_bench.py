@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'python'))
 import mhc_ref  # noqa: E402
+import torch_setup  # noqa: E402
 
 
 def sync(device):
@@ -53,11 +54,11 @@ def count_kernels(step, device):
 
 
 def bench_one(preset, arch, a, device, env):
-    p = dict(mhc_ref.PRESETS[preset])
+    p = dict(torch_setup.PRESETS[preset])
     if preset == 'gpu':
         p.update(layers=a.layers, dModel=a.d_model, heads=a.heads, seqLen=a.seq_len, batch=a.batch)
     B, T = p['batch'], p['seqLen']
-    cfg = mhc_ref.make_config(arch, p['layers'], p['dModel'], p['heads'], T, expansion=a.expansion,
+    cfg = torch_setup.make_config(arch, p['layers'], p['dModel'], p['heads'], T, expansion=a.expansion,
                               sinkhornIters=a.sinkhorn_iters)
     row = {'preset': preset, 'arch': arch, 'engine': 'torch-eager', 'batch': B, 'seqLen': T, 'layers': cfg['layers'],
            'dModel': cfg['dModel'], 'heads': cfg['heads'], 'expansion': cfg['expansion'],
@@ -66,17 +67,17 @@ def bench_one(preset, arch, a, device, env):
     model = mhc_ref.init_params(mhc_ref.MhcModel(cfg), a.seed).to(device)
     row['params'] = sum(q.numel() for q in model.parameters())
     params = list(model.parameters())
-    hyper = dict(lr=p['lr'], weight_decay=mhc_ref.TRAIN_DEFAULTS['weightDecay'],
-                 betas=(mhc_ref.TRAIN_DEFAULTS['beta1'], mhc_ref.TRAIN_DEFAULTS['beta2']), eps=mhc_ref.TRAIN_DEFAULTS['adamEps'])
+    hyper = dict(lr=p['lr'], weight_decay=torch_setup.TRAIN_DEFAULTS['weightDecay'],
+                 betas=(torch_setup.TRAIN_DEFAULTS['beta1'], torch_setup.TRAIN_DEFAULTS['beta2']), eps=torch_setup.TRAIN_DEFAULTS['adamEps'])
     if a.optimizer == 'ours':
         opt = mhc_ref.AdamW(model, **hyper)
     elif a.optimizer == 'torch-fused':
-        opt = mhc_ref.torch_adamw(model, fused=True, **hyper)
+        opt = torch_setup.torch_adamw(model, fused=True, **hyper)
     else:
-        opt = mhc_ref.torch_adamw(model, **hyper)
+        opt = torch_setup.torch_adamw(model, **hyper)
     g = torch.Generator(device='cpu').manual_seed(a.seed + 1)
     batches = [torch.randint(0, cfg['vocabSize'], (B, T + 1), generator=g).to(device) for _ in range(4)]
-    clip = mhc_ref.TRAIN_DEFAULTS['gradClip']
+    clip = torch_setup.TRAIN_DEFAULTS['gradClip']
     state = {'i': 0, 'loss': None}
 
     def step():
@@ -135,7 +136,7 @@ def main():
     device = torch.device(a.device)
     env = {'device': str(device), 'torch': torch.__version__, 'python': platform.python_version()}
     try:
-        env['tf32'] = mhc_ref.disable_tf32()
+        env['tf32'] = torch_setup.disable_tf32()
         if device.type == 'cuda':
             env['gpu'] = torch.cuda.get_device_name(device)
         else:

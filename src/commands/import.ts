@@ -14,9 +14,7 @@ export default class Import extends BaseCommand {
 
 DIR holds model.safetensors (or shards listed in model.safetensors.index.json; F32, F16, BF16 or F64 tensors) and
 config.json ({"model": our model config}; mhc export also records the training config, step and corpus there).
---key-map reads a model whose names or layouts differ: {"<our name>": "<their name>" | {"name": …, "transpose": …},
-"$ignore": ["<regex of their names>"]}. Every mismatch (missing, unexpected, shape, dtype, non-finite) is reported by
-name in one error, and nothing is written. The checkpoint has fresh (zero) AdamW moments.`
+--key-map reads a model whose names or layouts differ: {"<our name>": "<their name>" | {"name": …, "transpose": …}, "$ignore": ["<regex of their names>"]}; transpose says whether their tensor is nn.Linear's [out, in] (default: as mhc export writes it). Every mismatch (missing, unexpected, shape, dtype, non-finite) is reported by name in one error, and nothing is written. The checkpoint has fresh (zero) AdamW moments.`
   static override examples = [
     '<%= config.bin %> <%= command.id %> exported/mhc --out runs/from-torch/ckpt-000150',
     '<%= config.bin %> <%= command.id %> their-model --key-map names.json --config mhc-config.json --out ckpt',
@@ -26,10 +24,12 @@ name in one error, and nothing is written. The checkpoint has fresh (zero) AdamW
   }
   static override flags = {
     out: Flags.string({required: true, description: 'checkpoint directory to create (never overwritten)'}),
-    'key-map': Flags.string({description: 'JSON file: our parameter name → their name and layout (see above)'}),
+    'key-map': Flags.string({
+      description: 'JSON file: our parameter name → their name and layout (see the description)',
+    }),
     config: Flags.string({description: 'the model config to use instead of DIR/config.json'}),
     data: Flags.string({
-      description: `the text the model was trained on, recorded in the checkpoint when config.json names none [default: ${DEFAULT_CORPUS}]`,
+      description: `the text the model was trained on, recorded in the checkpoint (over config.json's) [default: config.json's, else ${DEFAULT_CORPUS}]`,
     }),
   }
 
@@ -38,11 +38,11 @@ name in one error, and nothing is written. The checkpoint has fresh (zero) AdamW
     this.verbose = flags.verbose
     assertWritableDir(flags.out, '--out')
     assertFreshDir(flags.out, '--out')
-    if (flags['key-map'] && !existsSync(flags['key-map']))
-      throw new UsageError(`--key-map ${flags['key-map']}: no such file`)
-    const keyMap: KeyMap | undefined = flags['key-map']
-      ? parseKeyMap(readSmallFile(flags['key-map'], 16 << 20).toString('utf8'), flags['key-map'])
-      : undefined
+    const mapFile = flags['key-map']
+    if (mapFile !== undefined && !existsSync(mapFile))
+      throw new UsageError(`--key-map ${JSON.stringify(mapFile)}: no such file`)
+    const keyMap: KeyMap | undefined =
+      mapFile === undefined ? undefined : parseKeyMap(readSmallFile(mapFile, 16 << 20).toString('utf8'), mapFile)
     const imported = importExport(args.dir, {keyMap, configPath: flags.config})
     const {model, params, provenance} = imported
     const step = provenance.step ?? 0
@@ -53,15 +53,13 @@ name in one error, and nothing is written. The checkpoint has fresh (zero) AdamW
     }
 
     // What config.json did not say is filled in, and said so (an export of ours says everything).
-    const filled = imported.defaulted.flatMap((k) =>
-      k === 'data'
-        ? flags.data === undefined
-          ? [`the corpus (${data.source} used)`]
-          : []
-        : k === 'train'
-          ? ["the training config (the default preset's used)"]
-          : [`the ${k === 'rng' ? 'data-order RNG state' : k} (0 used)`],
-    )
+    const FILLED: Record<string, string> = {
+      step: 'the step (0 used)',
+      train: "the training config (the default preset's used)",
+      data: `the corpus (${data.source} used)`,
+      rng: 'the data-order RNG state (0 used)',
+    }
+    const filled = imported.defaulted.filter((k) => k !== 'data' || flags.data === undefined).map((k) => FILLED[k])
     if (filled.length > 0)
       this.logToStderr(`${flags.config ?? join(args.dir, 'config.json')} does not record ${filled.join(', ')}`)
     mkdirSync(dirname(resolve(flags.out)), {recursive: true})

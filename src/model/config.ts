@@ -180,6 +180,7 @@ export function modelConfigProblem(m: any): string | undefined {
   if (m.arch !== 'baseline' && m.expansion < 2) return 'expansion must be at least 2 for hc/mhc'
   for (const k of ['gateInit', 'normEps'])
     if (typeof m[k] !== 'number' || !Number.isFinite(m[k])) return `${k} must be a finite number`
+  if (m.normEps < 0) return 'normEps must be at least 0 (RMSNorm divides by √(mean x² + ε))'
   return undefined
 }
 

@@ -15,17 +15,17 @@
 // `transpose` says whether their tensor is nn.Linear's [out, in] transpose of ours; left out, it is what export writes.
 // Every mismatch (missing, unexpected, shape, dtype, non-finite values, key-map entries) is collected and reported by
 // name in one error, and nothing is written.
-import {existsSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync} from 'node:fs'
-import {dirname, join, resolve} from 'node:path'
+import {existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync} from 'node:fs'
+import {basename, dirname, join, resolve} from 'node:path'
 
 import type {DataInfo} from './data.js'
 
-import {configFromPreset, DEFAULT_PRESET, ModelConfig, trainConfigProblem} from '../config.js'
+import {configFromPreset, DEFAULT_PRESET, ModelConfig, modelConfig, trainConfigProblem} from '../config.js'
 import {InputError} from '../errors.js'
 import {HostTensors, modelProblem, ParamSpec, paramSpecs} from '../params.js'
 import {fsyncDir, tempName, writeFileSynced} from './atomic.js'
-import {CheckpointData, Manifest, readSmallFile} from './checkpoint.js'
-import {encodeSafetensors, NamedTensor, readSafetensorsFile, SafetensorsError} from './safetensors.js'
+import {CheckpointData, Manifest, MANIFEST, readSmallFile} from './checkpoint.js'
+import {encodeSafetensors, NamedTensor, readSafetensorsFile} from './safetensors.js'
 
 export const EXPORT_FORMAT = 'mhc-pytorch'
 export const EXPORT_VERSION = 1
@@ -35,7 +35,7 @@ export const EXPORT_CONFIG = 'config.json'
 const IMPORT_DTYPES = new Set(['BF16', 'F16', 'F32', 'F64'])
 const IGNORE_KEY = '$ignore'
 
-export class ExportError extends InputError {}
+export class TorchFormatError extends InputError {}
 
 /** What config.json records besides the model: enough to rebuild the checkpoint's manifest on import. */
 export interface ExportProvenance {
@@ -83,10 +83,16 @@ export function torchTensors(model: ModelConfig, params: HostTensors): Record<st
 
 /** A directory that may be created: absent, or empty (it is replaced). Anything else is refused, never overwritten. */
 export function assertFreshDir(dir: string, flag: string): void {
+  if (dir.trim() === '') throw new TorchFormatError(`${flag}: an empty path`)
+  // The directory is built under a temp name made from this one (+ 24 characters) and renamed: both must be legal.
+  if (Buffer.byteLength(basename(resolve(dir))) > 200)
+    throw new TorchFormatError(`${flag} ${dir.slice(0, 60)}…: the name is longer than 200 bytes`)
+  if (lstatSync(dir, {throwIfNoEntry: false})?.isSymbolicLink())
+    throw new TorchFormatError(`${flag} ${dir}: a symbolic link; give the directory it points to`)
   if (!existsSync(dir)) return
-  if (!statSync(dir).isDirectory()) throw new ExportError(`${flag} ${dir}: exists and is not a directory`)
+  if (!statSync(dir).isDirectory()) throw new TorchFormatError(`${flag} ${dir}: exists and is not a directory`)
   if (readdirSync(dir).length > 0)
-    throw new ExportError(`${flag} ${dir}: exists and is not empty (nothing overwritten)`)
+    throw new TorchFormatError(`${flag} ${dir}: exists and is not empty (nothing overwritten)`)
 }
 
 /** Writes `files` as the new directory `dir`: built under a temp name, fsynced, renamed into place. */
@@ -143,8 +149,19 @@ export interface KeyMapEntry {
 }
 
 export interface KeyMap {
-  entries: Record<string, KeyMapEntry>
+  entries: Map<string, KeyMapEntry> // a Map: names such as "__proto__" are names like any other
   ignore: RegExp[]
+}
+
+const isEntry = (v: unknown): v is KeyMapEntry => {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false
+  const e = v as Record<string, unknown>
+  return (
+    typeof e.name === 'string' &&
+    e.name !== '' &&
+    (e.transpose === undefined || typeof e.transpose === 'boolean') &&
+    Object.keys(e).every((k) => k === 'name' || k === 'transpose')
+  )
 }
 
 /** Parses a key-map file's JSON (see the file comment). */
@@ -153,69 +170,62 @@ export function parseKeyMap(text: string, where: string): KeyMap {
   try {
     raw = JSON.parse(text)
   } catch (error) {
-    throw new ExportError(`${where}: not valid JSON (${(error as Error).message})`)
+    throw new TorchFormatError(`${where}: not valid JSON (${(error as Error).message})`)
   }
 
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
-    throw new ExportError(`${where}: expected an object {"<our name>": "<their name>" | {"name", "transpose"}}`)
-  const entries: Record<string, KeyMapEntry> = {}
+    throw new TorchFormatError(`${where}: expected an object {"<our name>": "<their name>" | {"name", "transpose"}}`)
+  const entries = new Map<string, KeyMapEntry>()
   let ignore: RegExp[] = []
   for (const [ours, v] of Object.entries(raw)) {
     if (ours === IGNORE_KEY) {
       if (!Array.isArray(v) || v.some((p) => typeof p !== 'string'))
-        throw new ExportError(`${where}: "${IGNORE_KEY}" must be a list of regular expressions (strings)`)
+        throw new TorchFormatError(`${where}: "${IGNORE_KEY}" must be a list of regular expressions (strings)`)
       ignore = v.map((p: string) => {
         try {
           return new RegExp(`^(?:${p})$`)
         } catch (error) {
-          throw new ExportError(`${where}: "${IGNORE_KEY}": ${(error as Error).message}`)
+          throw new TorchFormatError(`${where}: "${IGNORE_KEY}": ${(error as Error).message}`)
         }
       })
-    } else if (typeof v === 'string' && v !== '') {
-      entries[ours] = {name: v}
-    } else if (
-      typeof v === 'object' &&
-      v !== null &&
-      typeof (v as any).name === 'string' &&
-      (v as any).name !== '' &&
-      ((v as any).transpose === undefined || typeof (v as any).transpose === 'boolean') &&
-      Object.keys(v).every((k) => k === 'name' || k === 'transpose')
-    ) {
-      entries[ours] = {name: (v as any).name, transpose: (v as any).transpose}
-    } else {
-      throw new ExportError(
-        `${where}: entry ${JSON.stringify(ours)} must be a tensor name or {"name": string, "transpose"?: boolean}`,
+    } else if (typeof v === 'string' && v !== '') entries.set(ours, {name: v})
+    else if (isEntry(v)) entries.set(ours, {name: v.name, transpose: v.transpose})
+    else
+      throw new TorchFormatError(
+        `${where}: entry ${JSON.stringify(short(ours))} must be a tensor name or {"name": string, "transpose"?: boolean}`,
       )
-    }
   }
 
   return {entries, ignore}
 }
 
 const MAX_LISTED = 24
-// Names come from the file: a fuzzed one can be megabytes, so each is cut short.
+// Names come from files: a fuzzed one can be megabytes, so each is cut short.
 const short = (name: string) => (name.length > 120 ? `${name.slice(0, 120)}…` : name)
+const F32_MAX = 3.402_823_466_385_288_6e38
 
 /**
  * Our parameters from `tensors` (their names and layouts through `keyMap`), widened to f32 and back in our [in, out]
- * layout. Every mismatch is collected; any at all is one ExportError naming each.
+ * layout. Every mismatch is collected; any at all is one TorchFormatError naming each. `where` names the weights and
+ * `configName` the file the model came from, for the message.
  */
 export function paramsFromTorch(
   tensors: Record<string, NamedTensor>,
   model: ModelConfig,
   keyMap?: KeyMap,
   where = EXPORT_WEIGHTS,
+  configName = EXPORT_CONFIG,
 ): HostTensors {
-  keyMap ??= {entries: {}, ignore: []}
+  const entries = keyMap?.entries ?? new Map<string, KeyMapEntry>()
   const specs = paramSpecs(model)
   const problems: string[] = []
   const ourNames = new Set(specs.map((s) => s.name))
-  for (const ours of Object.keys(keyMap.entries))
-    if (!ourNames.has(ours)) problems.push(`key map names ${ours}, which this ${model.arch} model does not have`)
+  for (const ours of entries.keys())
+    if (!ourNames.has(ours)) problems.push(`key map names ${short(ours)}, which this ${model.arch} model does not have`)
   const claimedBy = new Map<string, string>()
   const params: HostTensors = {}
   for (const s of specs) {
-    const entry = keyMap.entries[s.name]
+    const entry = entries.get(s.name)
     const theirs = entry?.name ?? s.name
     const label = theirs === s.name ? s.name : `${short(theirs)} (our ${s.name})`
     const other = claimedBy.get(theirs)
@@ -249,17 +259,21 @@ export function paramsFromTorch(
       continue
     }
 
-    const data = t.data instanceof Float32Array ? t.data : Float32Array.from(t.data as Float64Array)
-    const bad = data.findIndex((v) => !Number.isFinite(v))
+    const wide = t.data as Float32Array | Float64Array
+    const bad = wide.findIndex((v) => !Number.isFinite(v) || Math.abs(v) > F32_MAX)
     if (bad !== -1) {
-      problems.push(`${label}: non-finite value ${data[bad]} at flat index ${bad}`)
+      const v = wide[bad]
+      problems.push(
+        `${label}: ${Number.isFinite(v) ? `${v} overflows float32` : `non-finite value ${v}`} at flat index ${bad}`,
+      )
       continue
     }
 
+    const data = wide instanceof Float32Array ? wide : Float32Array.from(wide)
     params[s.name] = transposed ? transpose2d(data, want[0], want[1]) : data // decoded arrays are fresh copies
   }
 
-  const unexpected = Object.keys(tensors).filter((k) => !claimedBy.has(k) && !keyMap.ignore.some((re) => re.test(k)))
+  const unexpected = Object.keys(tensors).filter((k) => !claimedBy.has(k) && !keyMap?.ignore.some((re) => re.test(k)))
   if (unexpected.length > 0)
     problems.push(
       `unexpected ${unexpected.slice(0, MAX_LISTED).map(short).join(', ')}` +
@@ -270,8 +284,8 @@ export function paramsFromTorch(
     const more = problems.length > MAX_LISTED ? `; … (+${problems.length - MAX_LISTED} more)` : ''
     const count = `${problems.length} problem${problems.length === 1 ? '' : 's'}`
     // Longer than other one-line errors: every name is the point of this one.
-    throw new ExportError(
-      `${where} does not match the ${model.arch} model of ${EXPORT_CONFIG}: ${count}: ${listed}${more}`,
+    throw new TorchFormatError(
+      `${where} does not match the ${model.arch} model of ${configName}: ${count}: ${listed}${more}`,
       8000,
     )
   }
@@ -279,49 +293,61 @@ export function paramsFromTorch(
   return params
 }
 
-/** Every tensor of an export directory: model.safetensors, or the shards its index lists. */
+/** Every tensor of an export directory: model.safetensors, or the shards its index lists (each where it says). */
 export function readExportTensors(dir: string): Record<string, NamedTensor> {
   const read = (file: string) => {
-    const p = join(dir, file)
-    if (!existsSync(p)) throw new ExportError(`${dir}: ${file} is missing`)
-    try {
-      return readSafetensorsFile(p).tensors
-    } catch (error) {
-      if (error instanceof SafetensorsError) throw error
-      throw new ExportError(`${p}: cannot be read (${(error as Error).message})`)
-    }
+    if (!existsSync(join(dir, file))) throw new TorchFormatError(`${dir}: ${file} is missing`)
+    return readSafetensorsFile(join(dir, file)).tensors // its errors already name the file, one line
   }
 
   const index = join(dir, EXPORT_INDEX)
   if (!existsSync(index)) {
-    if (!existsSync(join(dir, EXPORT_WEIGHTS)))
-      throw new ExportError(`${dir}: neither ${EXPORT_WEIGHTS} nor ${EXPORT_INDEX} is there`)
+    if (!existsSync(join(dir, EXPORT_WEIGHTS))) {
+      const checkpoint = existsSync(join(dir, MANIFEST))
+      throw new TorchFormatError(
+        checkpoint
+          ? `${dir}: an mhc checkpoint, not an export: use it as it is, or write one with mhc export`
+          : `${dir}: neither ${EXPORT_WEIGHTS} nor ${EXPORT_INDEX} is there`,
+      )
+    }
+
     return read(EXPORT_WEIGHTS)
   }
 
-  let weightMap: Record<string, string>
+  const text = readSmallFile(index, 64 << 20).toString('utf8') // a directory or a device: one error naming it
+  let weightMap: unknown
   try {
-    weightMap = JSON.parse(readSmallFile(index, 64 << 20).toString('utf8')).weight_map
+    weightMap = JSON.parse(text).weight_map
   } catch (error) {
-    throw new ExportError(`${index}: not valid JSON (${(error as Error).message})`)
+    throw new TorchFormatError(`${index}: not valid JSON (${(error as Error).message})`)
   }
 
   if (
     typeof weightMap !== 'object' ||
     weightMap === null ||
+    Array.isArray(weightMap) ||
     Object.values(weightMap).some((f) => typeof f !== 'string')
   )
-    throw new ExportError(`${index}: no "weight_map" of tensor name → file name`)
+    throw new TorchFormatError(`${index}: no "weight_map" object of tensor name → file name`)
+  const where = new Map(Object.entries(weightMap as Record<string, string>))
   const out: Record<string, NamedTensor> = {}
-  for (const file of new Set(Object.values(weightMap))) {
+  for (const file of new Set(where.values())) {
     if (file.includes('/') || file.includes('\\') || file.startsWith('.'))
-      throw new ExportError(`${index}: shard ${JSON.stringify(file)} is not a file name in ${dir}`)
+      throw new TorchFormatError(`${index}: shard ${JSON.stringify(short(file))} is not a file name in ${dir}`)
     for (const [name, t] of Object.entries(read(file))) {
-      if (Object.hasOwn(out, name)) throw new ExportError(`${dir}: tensor ${name} is in more than one shard`)
+      if (Object.hasOwn(out, name))
+        throw new TorchFormatError(`${dir}: tensor ${short(name)} is in more than one shard`)
+      if (where.get(name) !== file)
+        throw new TorchFormatError(
+          `${join(dir, file)} holds ${short(name)}, which ${EXPORT_INDEX} ${where.has(name) ? `puts in ${where.get(name)}` : 'does not list'}`,
+        )
       out[name] = t
     }
   }
 
+  const absent = [...where.keys()].filter((name) => !Object.hasOwn(out, name))
+  if (absent.length > 0)
+    throw new TorchFormatError(`${index} lists ${absent.slice(0, 5).map(short).join(', ')}, which no shard holds`)
   return out
 }
 
@@ -333,41 +359,83 @@ export interface ImportedModel {
   defaulted: string[]
 }
 
-/** Reads config.json (or `configPath`): the model config, and the provenance block when it is there and valid. */
+const MODEL_KEYS = new Set(Object.keys(modelConfig('mhc')))
+
+/**
+ * Reads config.json (or `configPath`): the model config, every field known and valid, and the provenance block,
+ * whose fields are each optional but never wrong.
+ */
 export function readExportConfig(
   dir: string,
   configPath = join(dir, EXPORT_CONFIG),
 ): {model: ModelConfig; provenance: Partial<ExportProvenance>} {
-  if (!existsSync(configPath)) throw new ExportError(`${configPath} is missing (it names the model: see mhc export)`)
+  if (!existsSync(configPath))
+    throw new TorchFormatError(`${configPath} is missing (it names the model: see mhc export)`)
+  const fail = (why: string): never => {
+    throw new TorchFormatError(`${configPath}: ${why}`)
+  }
+
   let raw: any
   try {
     raw = JSON.parse(readSmallFile(configPath, 16 << 20).toString('utf8'))
   } catch (error) {
     if (error instanceof InputError) throw error
-    throw new ExportError(`${configPath}: not valid JSON (${(error as Error).message})`)
+    fail(`not valid JSON (${(error as Error).message})`)
   }
 
   if (raw?.format !== undefined && raw.format !== EXPORT_FORMAT)
-    throw new ExportError(`${configPath}: format ${JSON.stringify(raw.format)}, expected "${EXPORT_FORMAT}"`)
+    fail(`format ${JSON.stringify(raw.format)}, expected "${EXPORT_FORMAT}"`)
   if (raw?.version !== undefined && raw.version !== EXPORT_VERSION)
-    throw new ExportError(`${configPath}: version ${JSON.stringify(raw.version)} (this mhc reads ${EXPORT_VERSION})`)
-  if (typeof raw?.model !== 'object' || raw.model === null)
-    throw new ExportError(`${configPath}: no "model" object (our ModelConfig: arch, vocabSize, seqLen, layers, …)`)
+    fail(`version ${JSON.stringify(raw.version)} (this mhc reads ${EXPORT_VERSION})`)
+  if (typeof raw?.model !== 'object' || raw.model === null || Array.isArray(raw.model))
+    fail('no "model" object (our ModelConfig: arch, vocabSize, seqLen, layers, …)')
+  const unknown = Object.keys(raw.model).filter((k) => !MODEL_KEYS.has(k))
+  if (unknown.length > 0) fail(`model has unknown fields ${unknown.slice(0, 5).map(short).join(', ')}`)
   const problem = modelProblem(raw.model)
-  if (problem) throw new ExportError(`${configPath}: invalid model config: ${problem}`)
+  if (problem) fail(`invalid model config: ${problem}`)
+  // Our exports list what they transposed; a list that says otherwise describes another layout (use --key-map).
+  if (raw.transposed !== undefined) {
+    const listed = new Set(Array.isArray(raw.transposed) ? raw.transposed : [])
+    const linear = paramSpecs(raw.model)
+      .filter((s) => s.linear)
+      .map((s) => s.name)
+    if (!Array.isArray(raw.transposed) || listed.size !== linear.length || linear.some((n) => !listed.has(n)))
+      fail(
+        '"transposed" is not the list mhc export writes (every nn.Linear-shaped matrix); for another layout, use --key-map',
+      )
+  }
+
   const c = raw.checkpoint ?? {}
+  if (typeof c !== 'object' || Array.isArray(c)) fail('"checkpoint" must be an object')
   const provenance: Partial<ExportProvenance> = {}
-  if (typeof c.source === 'string') provenance.source = c.source
-  if (Number.isSafeInteger(c.step) && c.step >= 0) provenance.step = c.step
-  if (c.train !== undefined && trainConfigProblem(c.train) === undefined) provenance.train = c.train
-  if (
-    typeof c.data?.source === 'string' &&
-    /^[0-9a-f]{64}$/.test(String(c.data.sha256)) &&
-    Number.isSafeInteger(c.data.bytes)
-  )
+  if (c.source !== undefined) provenance.source = String(c.source)
+  if (c.step !== undefined) {
+    if (!Number.isSafeInteger(c.step) || c.step < 0) fail(`checkpoint.step ${JSON.stringify(c.step)} is not a step`)
+    provenance.step = c.step
+  }
+
+  if (c.train !== undefined) {
+    const why = trainConfigProblem(c.train)
+    if (why) fail(`invalid checkpoint.train: ${why}`)
+    provenance.train = c.train
+  }
+
+  if (c.data !== undefined) {
+    if (
+      typeof c.data?.source !== 'string' ||
+      !/^[0-9a-f]{64}$/.test(String(c.data.sha256)) ||
+      !Number.isSafeInteger(c.data.bytes)
+    )
+      fail('checkpoint.data needs source, sha256 (64 hex digits) and bytes')
     provenance.data = {source: c.data.source, sha256: c.data.sha256, bytes: c.data.bytes}
-  if (Number.isSafeInteger(c.rng?.data) && c.rng.data >= 0 && c.rng.data <= 0xff_ff_ff_ff)
+  }
+
+  if (c.rng !== undefined) {
+    if (!Number.isSafeInteger(c.rng?.data) || c.rng.data < 0 || c.rng.data > 0xff_ff_ff_ff)
+      fail('checkpoint.rng.data must be a uint32')
     provenance.rng = {data: c.rng.data}
+  }
+
   if (typeof c.metrics === 'object' && c.metrics !== null) {
     const m: Manifest['metrics'] = {}
     for (const k of ['trainLoss', 'valLoss'] as const) if (typeof c.metrics[k] === 'number') m[k] = c.metrics[k]
@@ -378,10 +446,11 @@ export function readExportConfig(
 }
 
 /** Reads an export directory (ours, or another implementation's through `keyMap`) into our layout. */
-export function importExport(dir: string, opts: {keyMap?: KeyMap; configPath?: string} = {}): ImportedModel {
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new ExportError(`${dir}: not a directory`)
-  const {model, provenance} = readExportConfig(dir, opts.configPath)
-  const params = paramsFromTorch(readExportTensors(dir), model, opts.keyMap, join(dir, EXPORT_WEIGHTS))
+export function importExport(dir: string, opts: {configPath?: string; keyMap?: KeyMap} = {}): ImportedModel {
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new TorchFormatError(`${dir}: not a directory`)
+  const configPath = opts.configPath ?? join(dir, EXPORT_CONFIG)
+  const {model, provenance} = readExportConfig(dir, configPath)
+  const params = paramsFromTorch(readExportTensors(dir), model, opts.keyMap, join(dir, EXPORT_WEIGHTS), configPath)
   const defaulted = (['step', 'train', 'data', 'rng'] as const).filter((k) => provenance[k] === undefined)
   return {model, params, provenance, defaulted}
 }

@@ -20,7 +20,7 @@
 //   - Tensors are laid out contiguously in Object.keys() order; the header is padded with spaces so the
 //     byte buffer starts at a multiple of 8. "__metadata__" is written only when it has at least one key.
 
-import {readFileSync} from 'node:fs'
+import {readFileSync, statSync} from 'node:fs'
 
 import {InputError} from '../errors.js'
 import {writeFileAtomic} from './atomic.js'
@@ -370,9 +370,26 @@ export function decodeSafetensors(bytes: Uint8Array, opts?: {maxHeaderBytes?: nu
 // ---------------------------------------------------------------------------------------------------
 // Files
 
-/** Read and decode a file. Format errors are re-thrown prefixed with the path; fs errors pass through. */
+/** The largest file read whole (Node's Buffer limit is near here anyway). */
+export const MAX_FILE_BYTES = 2 ** 32
+
+/**
+ * Read and decode a file. Anything wrong (missing, not a regular file: a device or a FIFO would never end, too large,
+ * unreadable, malformed) is one SafetensorsError naming the path.
+ */
 export function readSafetensorsFile(path: string): SafetensorsContents {
-  const bytes = readFileSync(path)
+  let bytes: Buffer
+  try {
+    const st = statSync(path)
+    if (!st.isFile()) throw new SafetensorsError(`${path}: not a regular file`)
+    if (st.size > MAX_FILE_BYTES) throw new SafetensorsError(`${path}: ${st.size} bytes, more than this reads (4 GiB)`)
+    bytes = readFileSync(path)
+  } catch (error) {
+    if (error instanceof SafetensorsError) throw error
+    const {code, message} = error as NodeJS.ErrnoException
+    throw new SafetensorsError(`${path}: ${code === 'ENOENT' ? 'no such file' : `cannot be read (${message})`}`)
+  }
+
   try {
     return decodeSafetensors(bytes)
   } catch (error) {

@@ -2,6 +2,7 @@
 // and fuzzed files that must end in that one error, never a hang or a crash.
 /* eslint-disable camelcase -- the maps format's metadata keys are snake_case, as Python writes them */
 import assert from 'node:assert/strict'
+import {execFileSync} from 'node:child_process'
 import {mkdtempSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -158,4 +159,20 @@ test('2000 fuzzed files (truncated, bit-flipped, oversized header length, garbag
       assert.ok(!(error as Error).message.includes('\n'), `case ${i}: one line`)
     }
   }
+})
+
+test('a missing path, a directory, a device or a FIFO is one error, never a hang', () => {
+  const fifo = join(root, 'fifo')
+  execFileSync('mkfifo', [fifo])
+  for (const [path, pattern] of [
+    [join(root, 'absent.safetensors'), /no such file/],
+    [root, /not a regular file/],
+    ['/dev/zero', /not a regular file/],
+    [fifo, /not a regular file/],
+  ] as const)
+    assert.throws(
+      () => readMapsFile(path),
+      (e: Error) => e instanceof InputError && pattern.test(e.message),
+      path,
+    )
 })

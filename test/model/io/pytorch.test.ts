@@ -2,7 +2,7 @@
 // PyTorch export/import (src/model/io/pytorch.ts): the layouts element by element on non-square layers, the round
 // trip of the fixtures, f16/bf16 inputs decoded to hand-computed values, and every kind of mismatch reported by name.
 import assert from 'node:assert/strict'
-import {existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, test} from 'node:test'
@@ -13,10 +13,10 @@ import {
   EXPORT_CONFIG,
   EXPORT_WEIGHTS,
   exportCheckpoint,
-  ExportError,
   importExport,
   paramsFromTorch,
   parseKeyMap,
+  TorchFormatError,
   torchTensors,
 } from '../../../src/model/io/pytorch.js'
 import {decodeSafetensors, encodeSafetensors, type NamedTensor} from '../../../src/model/io/safetensors.js'
@@ -152,7 +152,7 @@ test('Inf and NaN in an f16 or bf16 tensor are refused by name', () => {
   assert.throws(
     () => paramsFromTorch(decodeSafetensors(encodeSafetensors(tensors)).tensors, cfg),
     (e: Error) =>
-      e instanceof ExportError &&
+      e instanceof TorchFormatError &&
       /2 problems/.test(e.message) &&
       /conn\.1\.b_pre: non-finite value Infinity/.test(e.message) &&
       /norm\.weight: non-finite value NaN/.test(e.message),
@@ -174,7 +174,7 @@ test('every mismatch is reported by name in one error: missing, unexpected, shap
   try {
     paramsFromTorch(decodeSafetensors(encodeSafetensors(t)).tensors, cfg, keyMap)
   } catch (error) {
-    assert.ok(error instanceof ExportError, String(error))
+    assert.ok(error instanceof TorchFormatError, String(error))
     message = error.message
   }
 
@@ -224,6 +224,43 @@ test('a key map reads another implementation: renamed tensors, their own layout,
   )
 })
 
+test('a key map may name anything, "__proto__" included: it is reported, not swallowed', () => {
+  const cfg = tiny('baseline')
+  const t = torchTensors(cfg, initParamData(cfg, 1))
+  assert.throws(
+    () => paramsFromTorch(t, cfg, parseKeyMap('{"__proto__": "norm.weight"}', 'map.json')),
+    /key map names __proto__, which this baseline model does not have/,
+  )
+})
+
+test('f64 tensors import when float32 can hold them; 1e300 is named as an overflow', () => {
+  const cfg = tiny('baseline')
+  const params = initParamData(cfg, 4)
+  const t = torchTensors(cfg, params)
+  const f64 = Object.fromEntries(
+    Object.entries(t).map(([k, v]) => [
+      k,
+      {...v, dtype: 'F64' as const, data: Float64Array.from(v.data as Float32Array)},
+    ]),
+  )
+  const back = paramsFromTorch(decodeSafetensors(encodeSafetensors(f64)).tensors, cfg)
+  for (const s of paramSpecs(cfg)) assert.deepEqual(back[s.name], params[s.name], s.name)
+  ;(f64['norm.weight'].data as Float64Array)[2] = 1e300
+  assert.throws(() => paramsFromTorch(f64, cfg), /norm\.weight: 1e\+300 overflows float32 at flat index 2/)
+})
+
+test('an output directory: absent or empty, never a symbolic link, an empty path or an over-long name', () => {
+  const ck = readCheckpointDir(join(repo, 'fixtures', 'baseline', 'ckpt-000150'))
+  const target = join(root, 'empty-target')
+  mkdirSync(target)
+  symlinkSync(target, join(root, 'link'))
+  assert.throws(() => exportCheckpoint(ck, join(root, 'link')), /a symbolic link/)
+  assert.throws(() => exportCheckpoint(ck, ''), /an empty path/)
+  assert.throws(() => exportCheckpoint(ck, join(root, 'x'.repeat(230))), /longer than 200 bytes/)
+  exportCheckpoint(ck, target) // an empty directory is fine
+  assert.ok(existsSync(join(target, EXPORT_WEIGHTS)))
+})
+
 test('malformed key maps and config files are one clear error each', () => {
   for (const [text, pattern] of [
     ['{', /not valid JSON/],
@@ -247,6 +284,11 @@ test('malformed key maps and config files are one clear error each', () => {
     ['{"architectures": ["GPT2"]}', /no "model" object/],
     [JSON.stringify({model: {...cfg, dModel: 7}}), /invalid model config: dModel 7 is not divisible by heads 2/],
     [JSON.stringify({model: {...cfg, dModel: 4}}), /10 problems: tok_emb\.weight: shape \[10, 6\], expected \[10, 4\]/],
+    [JSON.stringify({model: {...cfg, extra: 1}}), /model has unknown fields extra/],
+    [JSON.stringify({model: {...cfg, normEps: -1}}), /normEps must be at least 0/],
+    [JSON.stringify({model: cfg, checkpoint: {step: -3}}), /checkpoint\.step -3 is not a step/],
+    [JSON.stringify({model: cfg, checkpoint: {train: {steps: 1}}}), /invalid checkpoint\.train/],
+    [JSON.stringify({model: cfg, transposed: []}), /"transposed" is not the list mhc export writes/],
   ] as const) {
     rmSync(join(dir, EXPORT_CONFIG), {force: true})
     if (config !== undefined) writeFileSync(join(dir, EXPORT_CONFIG), config)
@@ -276,7 +318,19 @@ test('sharded exports (model.safetensors.index.json) are read whole; a tensor in
   writeFileSync(join(dir, EXPORT_CONFIG), JSON.stringify({model: cfg}))
   const back = importExport(dir).params
   for (const s of paramSpecs(cfg)) assert.deepEqual(back[s.name], params[s.name], s.name)
-  assert.ok(!existsSync(join(dir, EXPORT_WEIGHTS)))
+  const index = (map: unknown) =>
+    writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({weight_map: map}))
+  // The index must say where each tensor is, and every tensor it lists must be there.
+  index({...weightMap, [names[0]]: 'model-00002-of-00002.safetensors'})
+  assert.throws(
+    () => importExport(dir),
+    /model-00001-of-00002\.safetensors holds tok_emb\.weight, which model\.safetensors\.index\.json puts in model-00002/,
+  )
+  index({...weightMap, 'extra.weight': 'model-00001-of-00002.safetensors'})
+  assert.throws(() => importExport(dir), /lists extra\.weight, which no shard holds/)
+  index(Object.values(weightMap))
+  assert.throws(() => importExport(dir), /no "weight_map" object/)
+  index(weightMap)
 
   writeFileSync(join(dir, 'model-00002-of-00002.safetensors'), encodeSafetensors({...half2, [names[0]]: t[names[0]]}))
   assert.throws(

@@ -651,7 +651,7 @@ test('writeSafetensorsFile + readSafetensorsFile round trip, atomic, no temp fil
   }
 })
 
-test('existing file is untouched when encode throws; read errors are prefixed with the path', () => {
+test('existing file is untouched when encode throws; read errors, fs ones included, are prefixed with the path', () => {
   const dir = mkdtempSync(join(tmpdir(), 'safetensors-test-'))
   try {
     const path = join(dir, 'keep.safetensors')
@@ -668,7 +668,9 @@ test('existing file is untouched when encode throws; read errors are prefixed wi
     writeFileSync(broken, before.subarray(0, 20))
     assertRejects(() => readSafetensorsFile(broken), /broken\.safetensors: header length \d+ runs past the end/)
     assert.ok(!existsSync(join(dir, 'missing.safetensors')))
-    assert.throws(() => readSafetensorsFile(join(dir, 'missing.safetensors')), {code: 'ENOENT'})
+    // A missing file, or one that is not a regular file, is the same one-line error naming it.
+    assert.throws(() => readSafetensorsFile(join(dir, 'missing.safetensors')), /missing\.safetensors: no such file$/)
+    assert.throws(() => readSafetensorsFile(dir), /: not a regular file$/)
   } finally {
     rmSync(dir, {recursive: true, force: true})
   }
