@@ -1,13 +1,18 @@
 // Shared command behaviour: one-line errors with meaningful exit codes, also under --json.
-import {Command, Flags} from '@oclif/core'
+import {Command, Flags, Interfaces} from '@oclif/core'
+import {closest, distance} from 'fastest-levenshtein'
 import {accessSync, constants, existsSync, realpathSync, statfsSync, statSync} from 'node:fs'
-import {dirname, extname, resolve} from 'node:path'
+import {basename, dirname, extname, isAbsolute, relative, resolve} from 'node:path'
 
 import type {EngineOptions, Engines} from '../model/engines/index.js'
 
 import {BackendName, describeBackend, memoryBudget, resolveBackendChoice} from '../model/engines/backends.js'
 import {InputError, NonFiniteError} from '../model/errors.js'
 import {TrainingEstimate, trainingMemoryEstimate, TrainingShape} from '../profile/cost-models/memory.js'
+
+// oclif's parser output shapes (not exported by name).
+type FlagOutput = {[name: string]: any}
+type ArgOutput = {[name: string]: any}
 
 /** A flag or flag combination the user can fix: exit 2. */
 export class UsageError extends InputError {}
@@ -22,12 +27,26 @@ export abstract class BaseCommand extends Command {
   static override enableJsonFlag = true
   static baseFlags = {
     verbose: Flags.boolean({
-      description: 'print stack traces of errors (also DEBUG=mhc)',
+      description:
+        'more detail (profile-time, profile-memory: every assumption and table) and stack traces of errors (also DEBUG=mhc)',
       default: false,
       helpGroup: 'GLOBAL',
     }),
   }
   protected verbose = false
+
+  /** oclif's parse, with a suggestion when a flag does not exist. */
+  protected override async parse<F extends FlagOutput, B extends FlagOutput, A extends ArgOutput>(
+    options?: Interfaces.Input<F, B, A>,
+    argv?: string[],
+  ): Promise<Interfaces.ParserOutput<F, B, A>> {
+    try {
+      return await super.parse(options, argv)
+    } catch (error) {
+      const known = Object.keys({...options?.flags, ...options?.baseFlags, json: true})
+      throw new UsageError(suggestFlag(oneLine(error), known))
+    }
+  }
 
   protected override async catch(err: any): Promise<any> {
     if (err?.code === 'EEXIT') return super.catch(err) // this.exit(n): deliberate, silent
@@ -127,6 +146,39 @@ export function assertWritableFile(file: string, flag: string, extensions?: stri
   const dir = dirname(resolve(file))
   if (!existsSync(dir)) throw new UsageError(`${flag} ${file}: directory ${dirname(file)} does not exist`)
   assertWritableDir(dir, flag)
+}
+
+/**
+ * The command as the user ran it, so that printed commands work when pasted: the bin name when it runs installed or
+ * linked (`mhc`), else the script's path from here (`./bin/run.js`).
+ */
+export function invocation(bin: string): string {
+  const script = process.argv[1] ?? bin
+  if (basename(script) === bin) return bin
+  const rel = relative(process.cwd(), script)
+  if (rel.startsWith('..') || isAbsolute(rel)) return shellQuote(script)
+  return shellQuote(rel.startsWith('.') ? rel : `./${rel}`)
+}
+
+/** A word a POSIX shell reads back as it is. */
+export const shellQuote = (w: string) => (/^[\w./:@%+=-]+$/.test(w) ? w : `'${w.replaceAll("'", `'\\''`)}'`)
+
+/** The nearest name, when it is near enough to be a typo (at most a third of its letters differ, or two). */
+export function didYouMean(word: string, names: string[]): string | undefined {
+  if (names.length === 0) return undefined
+  const near = closest(word.toLowerCase(), names)
+  return distance(word.toLowerCase(), near) <= Math.max(2, Math.floor(word.length / 3)) ? near : undefined
+}
+
+/** oclif's "Nonexistent flag: --stpes" with the flag meant: "(did you mean --steps?)". */
+export function suggestFlag(message: string, flags: string[]): string {
+  const m = /^Nonexistent flags?: (.+)$/.exec(message)
+  if (!m) return message
+  const hints = m[1].split(/,\s*/).flatMap((given) => {
+    const near = didYouMean(given.replace(/^-+/, '').replace(/=.*$/, ''), flags)
+    return near ? [`--${near}`] : []
+  })
+  return hints.length > 0 ? `${message} (did you mean ${hints.join(', ')}?)` : message
 }
 
 /** For `this.parse(...).catch(flagError)`: every flag problem is bad input (exit 2), in one line. */

@@ -1,4 +1,3 @@
-import {closest, distance} from 'fastest-levenshtein'
 // `mhc train --config FILE`: every training flag from a YAML or JSON file, so that a run's settings can be kept,
 // diffed and shared. Keys are the flag names (`d-model: 128`, `lr: 3e-3`), and `model:` / `train:` blocks with the
 // config's own camelCase fields (as `--print-config` writes them) are read too; a checkpoint's manifest.json is a
@@ -8,7 +7,7 @@ import {readFileSync, statSync} from 'node:fs'
 import {extname} from 'node:path'
 import YAML from 'yaml'
 
-import {UsageError} from './base.js'
+import {didYouMean, UsageError} from './base.js'
 import {FLAG_KEYS} from './flags.js'
 
 /** The camelCase config field → its flag name (inverse of FLAG_KEYS). */
@@ -120,13 +119,6 @@ async function parseValue(def: FlagDef, value: unknown, where: string): Promise<
   } catch (error) {
     throw new UsageError(`${where}: ${(error as Error).message}`)
   }
-}
-
-/** The nearest name, when it is near enough to be a typo (at most a third of its letters differ). */
-export function didYouMean(word: string, names: string[]): string | undefined {
-  if (names.length === 0) return undefined
-  const near = closest(word.toLowerCase(), names)
-  return distance(word.toLowerCase(), near) <= Math.max(2, Math.floor(word.length / 3)) ? near : undefined
 }
 
 const without = (o: object, key: string) => Object.fromEntries(Object.entries(o).filter(([k]) => k !== key))

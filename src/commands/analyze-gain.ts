@@ -5,7 +5,7 @@ import type {CheckpointData} from '../model/io/checkpoint.js'
 import {assertWritableFile, BaseCommand, flagError, UsageError} from '../cli/base.js'
 import {backendFlag, CHART_EXTENSIONS, chartFlag, gateFlags, tokensFlag} from '../cli/flags.js'
 import {chart, heatmap, sideBySide, table} from '../cli/render.js'
-import {writeLineChartSvg} from '../cli/svg.js'
+import {gainChart, writeLineChartSvg} from '../cli/svg.js'
 import {numConnections} from '../model/config.js'
 import {connectionOf} from '../model/connections/index.js'
 import {backendJson} from '../model/engines/backends.js'
@@ -285,28 +285,13 @@ input exits 2.`
     )
 
     if (flags.chart) {
-      await writeLineChartSvg(flags.chart, {
-        title: 'Amax gain of H_res over depth (mean over tokens): forward = max row sum, backward = max column sum',
-        xTitle: 'layer l (attention and MLP counted separately)',
-        yTitle: logScale ? 'Amax gain (log scale)' : 'Amax gain',
-        logY: logScale,
-        series: runs.flatMap((r) =>
-          (['forward', 'backward'] as const).flatMap((d) => [
-            {
-              name: `${label(r)} composite H_{L-1}···H_l`,
-              panel: `${d} gain`,
-              x: r.layers.map((l) => l.layer),
-              y: r.layers.map((l) => l.composite[d].mean),
-            },
-            {
-              name: `${label(r)} single H_l`,
-              panel: `${d} gain`,
-              x: r.layers.map((l) => l.layer),
-              y: r.layers.map((l) => l.single[d].mean),
-            },
-          ]),
+      await writeLineChartSvg(
+        flags.chart,
+        gainChart(
+          runs.map((r) => ({label: label(r), layers: r.layers})),
+          logScale,
         ),
-      })
+      )
       this.logToStderr(`chart written to ${flags.chart}`)
     }
 

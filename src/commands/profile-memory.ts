@@ -13,7 +13,7 @@ import {
   pipelineStagesFlag,
   TRAIN_FLAGS,
 } from '../cli/flags.js'
-import {chart, table} from '../cli/render.js'
+import {chart, progressBar, table} from '../cli/render.js'
 import {writeLineChartSvg} from '../cli/svg.js'
 import {modelConfig, numConnections} from '../model/config.js'
 import {connectionOf} from '../model/connections/index.js'
@@ -154,11 +154,19 @@ forward+backward passes of a small mHC model on the current backend for each L_r
     const unit = c.layerUnit === 'blocks' ? 'Transformer blocks' : 'sublayers (attention and MLP counted separately)'
     const tokens = c.seqLen * c.microBatchSize
     const ties = r.curve.argmin.length > 1 ? ` (tie: ${r.curve.argmin.join(', ')})` : ''
+    // The headline first: the optimum and what it saves where memory is tightest.
+    const gib = (b: number) => `${(b / GiB).toFixed(2)} GiB`
+    const total = r.rows.at(-1)!
     this.log(
-      `${c.name}: L = ${r.L} ${unit}, n = ${c.expansion}, C = ${c.dModel}; ${tokens} tokens per micro-batch, ${c.activationBytes}-byte activations`,
+      `${c.name}: L_r* = ${r.curve.argmin[0]}${ties} (closed form √(nL/(n+2)) = ${r.curve.closedForm.toFixed(2)})`,
     )
     this.log(
-      `L_r* = ${r.curve.argmin[0]}${ties} by exact integer argmin of nC·⌈L/L_r⌉ + (n+2)C·L_r; closed form √(nL/(n+2)) = ${r.curve.closedForm.toFixed(3)}`,
+      `first stage, per GPU: mHC residual path ${gib(r.paths[0].perGpuBytes)} at L_r* ` +
+        `(${gib(r.paths[1].perGpuBytes)} without recompute, HC ${gib(r.paths[2].perGpuBytes)}); ${gib(total.bytes)} in all`,
+    )
+    this.log(
+      `L = ${r.L} ${unit}, n = ${c.expansion}, C = ${c.dModel}; ${tokens} tokens per micro-batch, ${c.activationBytes}-byte activations;\n` +
+        `L_r* minimises the residual path's nC·⌈L/L_r⌉ + (n+2)C·L_r (paper Eq. 20) over integer L_r\n`,
     )
     const mb = (elements: number) => ((elements * tokens * c.activationBytes) / MiB).toFixed(1)
     const show = r.curve.points.filter(
@@ -216,13 +224,15 @@ forward+backward passes of a small mHC model on the current backend for each L_r
     this.log(
       `\nper GPU, first pipeline stage (PP = ${c.pipelineStages}, t = ${c.tensorParallel}), mHC at L_r = ${r.curve.argmin[0]}:`,
     )
+    // How each item is counted: under --verbose (the table then runs past 120 columns), always in --json.
     this.log(
       table(
-        ['item', 'GiB', 'how'],
-        r.rows.map((row) => [row.item, (row.bytes / GiB).toFixed(2), row.note]),
+        ['item', 'GiB', ...(this.verbose ? ['how'] : [])],
+        r.rows.map((row) => [row.item, (row.bytes / GiB).toFixed(2), ...(this.verbose ? [row.note] : [])]),
         ['left', 'right', 'left'],
       ),
     )
+    if (!this.verbose) this.log('(how each item is counted: --verbose; everything: --json)')
     return {
       config: c,
       L: r.L,
@@ -256,13 +266,30 @@ forward+backward passes of a small mHC model on the current backend for each L_r
     this.logToStderr(
       `calibrating on a one-block model, then measuring L_r = 1..${L} on ${cfg.layers} blocks (${L} layers), n = ${cfg.expansion}, C = ${cfg.dModel}, ${batch}×${cfg.seqLen} tokens`,
     )
-    const model = await calibrate(engines, cfg, batch)
-    const measured = await measurePeaks(
-      engines,
-      cfg,
-      batch,
-      Array.from({length: L}, (_, i) => i + 1),
+    // Progress on stderr (never under --json): one training step's peak per L_r, seconds each on a CPU.
+    const bar = progressBar(
+      'L_r',
+      L,
+      !this.jsonEnabled(),
+      'measured {value}/{total} | L_r = {lr}: {mib} MiB | eta {eta_formatted}',
     )
+    bar.start(0, {lr: '-', mib: '-'})
+    let measured
+    let model
+    try {
+      model = await calibrate(engines, cfg, batch)
+      measured = await measurePeaks(
+        engines,
+        cfg,
+        batch,
+        Array.from({length: L}, (_, i) => i + 1),
+        1,
+        (p, done) => bar.update(done, {lr: p.recomputeBlock, mib: (p.peakBytes / MiB).toFixed(1)}),
+      )
+    } finally {
+      bar.stop()
+    }
+
     const rows = measured.map((p) => ({
       recomputeBlock: p.recomputeBlock,
       measured: p.peakBytes,

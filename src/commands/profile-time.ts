@@ -149,13 +149,12 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
     }),
     breakdown: Flags.option({
       options: SCENARIO_IDS,
-      default: 'mhc-paper',
-      description: 'scenario whose kernels are listed',
+      description: 'list the kernels of this scenario [default with --verbose: mhc-paper]',
     })(),
     timeline: Flags.option({
       options: [...SCENARIO_IDS, 'baseline', 'none'],
-      default: 'mhc-paper',
-      description: 'scenario whose schedule is drawn ("baseline": the residual network with the overlap)',
+      description:
+        'draw the schedule of this scenario ("baseline": the residual network with the overlap) [default with --verbose: mhc-paper]',
     })(),
     'timeline-width': Flags.integer({min: 40, max: 400, default: 100, description: 'columns of the ASCII timeline'}),
     chart: chartFlag('the overhead against n'),
@@ -273,21 +272,28 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
       pipeline: presetLayout ? `not in the paper: ${model.pipeline.why}` : 'as given',
     })
 
+    // The headline first; the assumptions and the details of each design under --verbose (and all of it in --json).
+    const detail = this.verbose
+    const modified = Object.keys(PAPER_MODEL_FLAGS).some((f) => (flags as any)[f] !== undefined) ? ' (modified)' : ''
     this.log(
-      `mHC time overhead — ${flags.preset}${Object.keys(PAPER_MODEL_FLAGS).some((f) => (flags as any)[f] !== undefined) ? ' (modified)' : ''} on ${hw.name}: ` +
-        `${cfg.schedule}, PP = ${cfg.stages}, ${cfg.microBatches} micro-batches of ${tokens} tokens, n = ${cfg.expansion}`,
+      `mHC time overhead, ${flags.preset}${modified} on ${hw.name}: the paper's design ${pct(paper.overhead)} ` +
+        `(paper: +${(100 * PAPER_OVERHEAD).toFixed(1)}% at n = 4, Δ ${(paper.overhead - PAPER_OVERHEAD) * 100 >= 0 ? '+' : ''}${((paper.overhead - PAPER_OVERHEAD) * 100).toFixed(1)} pp); ` +
+        `HC unfused ${pct(hc.overhead)}`,
     )
     this.log(
-      `modelled active parameters ${(activeParams(model) / 1e9).toFixed(2)}B (paper Table 5: ${(preset.paper.activeParams / 1e9).toFixed(2)}B for ${preset.name})`,
+      `${cfg.schedule}, PP = ${cfg.stages}, ${cfg.microBatches} micro-batches of ${tokens} tokens, n = ${cfg.expansion}; ` +
+        `modelled active parameters ${(activeParams(model) / 1e9).toFixed(2)}B (paper Table 5: ${(preset.paper.activeParams / 1e9).toFixed(2)}B)`,
     )
-    this.log('\nassumptions (every one is a flag)')
-    this.log(
-      table(
-        ['assumption', 'value', 'flag', 'why'],
-        assumptions.map((a) => [a.name, a.value, a.flag, wrap(a.why, 70)]),
-        ['left', 'left', 'left', 'left'],
-      ),
-    )
+    if (detail) {
+      this.log('\nassumptions (every one is a flag)')
+      this.log(
+        table(
+          ['assumption', 'value', 'flag', 'why'],
+          assumptions.map((a) => [a.name, a.value, a.flag, wrap(a.why, 70)]),
+          ['left', 'left', 'left', 'left'],
+        ),
+      )
+    }
 
     this.log('\noverhead over the residual baseline (same schedule and communication model; one optimiser step)')
     this.log(
@@ -299,8 +305,7 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
           'overhead',
           'kernels + bubbles',
           'exposed P2P',
-          'mHC kernels / layer: fwd, bwd, recompute',
-          'launches / layer',
+          ...(detail ? ['mHC kernels / layer: fwd, bwd, recompute', 'launches / layer'] : []),
         ],
         report.scenarios.map((s) => [
           s.scenario.label,
@@ -309,126 +314,135 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
           pct(s.overhead),
           pct(s.overheadCompute),
           pct(s.overheadComm),
-          `${us(s.kernels.fwd)}, ${us(s.kernels.bwdInput + s.kernels.bwdWeight)}, ${us(s.kernels.recomputeTime)} µs`,
-          `${s.kernels.launches.fwd} + ${s.kernels.launches.bwd} + ${s.kernels.launches.recompute}`,
+          ...(detail
+            ? [
+                `${us(s.kernels.fwd)}, ${us(s.kernels.bwdInput + s.kernels.bwdWeight)}, ${us(s.kernels.recomputeTime)} µs`,
+                `${s.kernels.launches.fwd} + ${s.kernels.launches.bwd} + ${s.kernels.launches.recompute}`,
+              ]
+            : []),
         ]),
       ),
     )
-    this.log(
-      `residual baseline kernels / layer: ${us(report.residual.fwd)} µs forward, ${us(report.residual.bwdInput)} µs backward; ` +
-        `layer compute / micro-batch: attention ${ms(report.layer.attn.F)} + ${ms(report.layer.attn.Bin)} + ${ms(report.layer.attn.W)} ms, ` +
-        `FFN ${ms(report.layer.ffn.F)} + ${ms(report.layer.ffn.Bin)} + ${ms(report.layer.ffn.W)} ms (F + B_in + W)`,
-    )
-    this.log(
-      `→ the paper's design: ${pct(paper.overhead)} (paper: +${(100 * PAPER_OVERHEAD).toFixed(1)}% at n = 4, ` +
-        `Δ ${(paper.overhead - PAPER_OVERHEAD) * 100 >= 0 ? '+' : ''}${((paper.overhead - PAPER_OVERHEAD) * 100).toFixed(1)} pp); HC unfused: ${pct(hc.overhead)}`,
-    )
+    if (detail)
+      this.log(
+        `residual baseline kernels / layer: ${us(report.residual.fwd)} µs forward, ${us(report.residual.bwdInput)} µs backward; ` +
+          `layer compute / micro-batch: attention ${ms(report.layer.attn.F)} + ${ms(report.layer.attn.Bin)} + ${ms(report.layer.attn.W)} ms, ` +
+          `FFN ${ms(report.layer.ffn.F)} + ${ms(report.layer.ffn.Bin)} + ${ms(report.layer.ffn.W)} ms (F + B_in + W)`,
+      )
 
-    this.log('\nper-token I/O of one layer (elements; Table 2 counts the forward of residual and HC; weights excluded)')
     const C = cfg.model.dModel
     const io = ioTable(cfg.expansion, C, cfg.sinkhornIters)
-    const inC = (e: number) => `${(e / C).toFixed(2)}C`
-    this.log(
-      table(
-        ['design', 'fwd read', 'fwd write', 'bwd read', 'bwd write', 'kernels fwd + bwd'],
-        io.map((r) => [
-          r.design,
-          inC(r.fwd.read),
-          inC(r.fwd.write),
-          inC(r.bwd.read),
-          inC(r.bwd.write),
-          `${r.kernels.fwd} + ${r.kernels.bwd}`,
-        ]),
-      ),
-    )
-    this.log(
-      `Table 2 for HC at n = ${cfg.expansion}: read (5n+1)C + n² + 2n = ${5 * cfg.expansion + 1}C + ${cfg.expansion ** 2 + 2 * cfg.expansion}, write (3n+1)C + n² + 2n = ${3 * cfg.expansion + 1}C + ${cfg.expansion ** 2 + 2 * cfg.expansion}`,
-    )
-
-    const bd = report.scenarios.find((s) => s.scenario.id === flags.breakdown)!
-    const layerTotal =
-      (report.layer.attn.F +
-        report.layer.attn.Bin +
-        report.layer.attn.W +
-        report.layer.ffn.F +
-        report.layer.ffn.Bin +
-        report.layer.ffn.W) /
-      2
-    const groups = groupKernels(bd.kernels)
-    this.log(
-      `\nkernels of one layer: ${bd.scenario.label} (one launch each per micro-batch of ${tokens} tokens; % of the mean layer's own compute)`,
-    )
-    this.log(
-      table(
-        ['kernel', 'pass', 'launches', 'MB', 'µs', 'bound', '% of layer'],
-        [
-          ...groups.map((g) => [
-            g.name,
-            g.pass,
-            g.count,
-            (g.bytes / 1e6).toFixed(2),
-            us(g.time),
-            g.bound,
-            `${((100 * g.time) / layerTotal).toFixed(2)}%`,
-          ]),
-          [
-            'total',
-            '',
-            groups.reduce((a, g) => a + g.count, 0),
-            (groups.reduce((a, g) => a + g.bytes, 0) / 1e6).toFixed(2),
-            us(groups.reduce((a, g) => a + g.time, 0)),
-            '',
-            `${((100 * groups.reduce((a, g) => a + g.time, 0)) / layerTotal).toFixed(2)}%`,
-          ],
-        ],
-        ['left', 'left', 'right', 'right', 'right', 'left', 'right'],
-      ),
-    )
-
-    this.log('\nexposed communication (step time minus the same schedule with free P2P)')
-    this.log(
-      table(
-        [
-          'design',
-          'P2P model',
-          'boundary tensor',
-          'per transfer',
-          'exposed (mHC)',
-          'exposed (baseline)',
-          'overhead from P2P',
-        ],
-        report.scenarios.map((s) => [
-          s.scenario.label,
-          s.mhc.comm === 'async' ? 'overlapped' : 'blocking',
-          `${(s.mhc.costs.commBytes / 1e6).toFixed(1)} MB`,
-          `${ms(s.mhc.costs.comm)} ms`,
-          `${ms(s.mhc.exposedComm)} ms`,
-          `${ms(s.baseline.exposedComm)} ms`,
-          pct(s.overheadComm),
-        ]),
-      ),
-    )
-    if (paper.mhc.costs.parts.hidden > 0)
+    if (detail) {
       this.log(
-        `high-priority F_post,res hides ${ms(paper.mhc.costs.parts.hidden)} ms of every overlapped F&B pair (${ms(paper.mhc.costs.FB! + paper.mhc.costs.parts.hidden)} → ${ms(paper.mhc.costs.FB!)} ms)`,
+        '\nper-token I/O of one layer (elements; Table 2 counts the forward of residual and HC; weights excluded)',
       )
+      const inC = (e: number) => `${(e / C).toFixed(2)}C`
+      this.log(
+        table(
+          ['design', 'fwd read', 'fwd write', 'bwd read', 'bwd write', 'kernels fwd + bwd'],
+          io.map((r) => [
+            r.design,
+            inC(r.fwd.read),
+            inC(r.fwd.write),
+            inC(r.bwd.read),
+            inC(r.bwd.write),
+            `${r.kernels.fwd} + ${r.kernels.bwd}`,
+          ]),
+        ),
+      )
+      this.log(
+        `Table 2 for HC at n = ${cfg.expansion}: read (5n+1)C + n² + 2n = ${5 * cfg.expansion + 1}C + ${cfg.expansion ** 2 + 2 * cfg.expansion}, write (3n+1)C + n² + 2n = ${3 * cfg.expansion + 1}C + ${cfg.expansion ** 2 + 2 * cfg.expansion}`,
+      )
+    }
+
+    if (detail || flags.breakdown) {
+      const bd = report.scenarios.find((s) => s.scenario.id === (flags.breakdown ?? 'mhc-paper'))!
+      const layerTotal =
+        (report.layer.attn.F +
+          report.layer.attn.Bin +
+          report.layer.attn.W +
+          report.layer.ffn.F +
+          report.layer.ffn.Bin +
+          report.layer.ffn.W) /
+        2
+      const groups = groupKernels(bd.kernels)
+      this.log(
+        `\nkernels of one layer: ${bd.scenario.label} (one launch each per micro-batch of ${tokens} tokens; % of the mean layer's own compute)`,
+      )
+      this.log(
+        table(
+          ['kernel', 'pass', 'launches', 'MB', 'µs', 'bound', '% of layer'],
+          [
+            ...groups.map((g) => [
+              g.name,
+              g.pass,
+              g.count,
+              (g.bytes / 1e6).toFixed(2),
+              us(g.time),
+              g.bound,
+              `${((100 * g.time) / layerTotal).toFixed(2)}%`,
+            ]),
+            [
+              'total',
+              '',
+              groups.reduce((a, g) => a + g.count, 0),
+              (groups.reduce((a, g) => a + g.bytes, 0) / 1e6).toFixed(2),
+              us(groups.reduce((a, g) => a + g.time, 0)),
+              '',
+              `${((100 * groups.reduce((a, g) => a + g.time, 0)) / layerTotal).toFixed(2)}%`,
+            ],
+          ],
+          ['left', 'left', 'right', 'right', 'right', 'left', 'right'],
+        ),
+      )
+    }
+
+    if (detail) {
+      this.log('\nexposed communication (step time minus the same schedule with free P2P)')
+      this.log(
+        table(
+          [
+            'design',
+            'P2P model',
+            'boundary tensor',
+            'per transfer',
+            'exposed (mHC)',
+            'exposed (baseline)',
+            'overhead from P2P',
+          ],
+          report.scenarios.map((s) => [
+            s.scenario.label,
+            s.mhc.comm === 'async' ? 'overlapped' : 'blocking',
+            `${(s.mhc.costs.commBytes / 1e6).toFixed(1)} MB`,
+            `${ms(s.mhc.costs.comm)} ms`,
+            `${ms(s.mhc.exposedComm)} ms`,
+            `${ms(s.baseline.exposedComm)} ms`,
+            pct(s.overheadComm),
+          ]),
+        ),
+      )
+      if (paper.mhc.costs.parts.hidden > 0)
+        this.log(
+          `high-priority F_post,res hides ${ms(paper.mhc.costs.parts.hidden)} ms of every overlapped F&B pair (${ms(paper.mhc.costs.FB! + paper.mhc.costs.parts.hidden)} → ${ms(paper.mhc.costs.FB!)} ms)`,
+        )
+    }
 
     let timeline = ''
-    if (flags.timeline !== 'none') {
+    const timelineId = flags.timeline ?? 'mhc-paper' // drawn with --verbose or --timeline; always in --json
+    if (timelineId !== 'none') {
       const which =
-        flags.timeline === 'baseline'
-          ? paper.baseline
-          : report.scenarios.find((s) => s.scenario.id === flags.timeline)!.mhc
+        timelineId === 'baseline' ? paper.baseline : report.scenarios.find((s) => s.scenario.id === timelineId)!.mhc
       const title =
-        flags.timeline === 'baseline'
+        timelineId === 'baseline'
           ? 'residual baseline (overlap design)'
-          : SCENARIOS.find((s) => s.id === flags.timeline)!.label
+          : SCENARIOS.find((s) => s.id === timelineId)!.label
       timeline = asciiTimeline(which.sim, cfg.stages, flags['timeline-width'])
-      this.log(
-        `\ntimeline: ${title}, ${ms(which.makespan)} ms; F/B/W = direction 0, f/b/w = direction 1${cfg.schedule === 'dualpipe' ? " (DualPipe's reverse pipe)" : ''}, ` +
-          'an overlapped pair drawn as its F then its B, r = decoupled recompute, . = waiting for P2P, blank = idle',
-      )
-      this.log(timeline)
+      if (detail || flags.timeline)
+        this.log(
+          `\ntimeline: ${title}, ${ms(which.makespan)} ms; F/B/W = direction 0, f/b/w = direction 1${cfg.schedule === 'dualpipe' ? " (DualPipe's reverse pipe)" : ''}, ` +
+            'an overlapped pair drawn as its F then its B, r = decoupled recompute, . = waiting for P2P, blank = idle',
+        )
+      if (detail || flags.timeline) this.log(timeline)
     }
 
     const shown = ['hc', 'mhc-unfused', 'mhc-fused', 'mhc-paper']
@@ -442,6 +456,8 @@ an ASCII timeline and a chart. --measure times the mHC apply path on this machin
           {digits: 1},
         ),
     )
+
+    if (!detail) this.log('(assumptions, kernels, I/O, communication and the timeline: --verbose; everything: --json)')
 
     if (flags.chart) {
       await writeLineChartSvg(flags.chart, {

@@ -1,8 +1,18 @@
 import {Flags} from '@oclif/core'
+import {join} from 'node:path'
 
 import type {NonFiniteEvent} from '../model/errors.js'
 
-import {assertFits, assertWritableDir, BaseCommand, EXIT, flagError, UsageError} from '../cli/base.js'
+import {
+  assertFits,
+  assertWritableDir,
+  BaseCommand,
+  EXIT,
+  flagError,
+  invocation,
+  shellQuote,
+  UsageError,
+} from '../cli/base.js'
 import {archFlag, backendFlag, FLAG_KEYS, MODEL_FLAGS, overridesFrom, pick, TRAIN_FLAGS} from '../cli/flags.js'
 import {chart, progressBar, table} from '../cli/render.js'
 import {readRunConfig, runConfigDoc, runConfigYaml} from '../cli/run-config.js'
@@ -427,8 +437,36 @@ ${presetHelp()}`
           ],
         ),
       )
-      this.log(chart('train loss (nats/byte) over steps', [summary.history.map((h) => h.loss)], ['loss']))
-      this.log(chart('global gradient norm over steps', [summary.history.map((h) => h.gradNorm)], ['grad norm']))
+      // Validation loss drawn on the training steps' grid, held from each evaluation to the next.
+      const valAt = new Map(summary.evals.map((e) => [e.step, e.valLoss]))
+      const steps = {from: summary.history[0].step, to: summary.history.at(-1)!.step, title: 'step'}
+      this.log(
+        chart(
+          'train and validation loss (nats/byte)',
+          [summary.history.map((h) => h.loss), summary.history.map((h) => valAt.get(h.step) ?? Number.NaN)],
+          ['train', 'validation'],
+          {x: steps},
+        ),
+      )
+      this.log(chart('global gradient norm', [summary.history.map((h) => h.gradNorm)], ['grad norm'], {x: steps}))
+    }
+
+    // What to run next, as it works from here (./bin/run.js from a clone, mhc when installed or linked).
+    const next =
+      summary.checkpoint && !signal
+        ? [
+            [`analyze-gain ${shellQuote(o.outDir)}`, 'gains of H_res over depth (the paper’s Fig. 3 and 7)'],
+            [`check ${shellQuote(o.outDir)}`, 'stability gates, for CI'],
+            [`plot ${shellQuote(o.outDir)} --out ${shellQuote(join(o.outDir, 'curves.svg'))}`, 'training curves'],
+            [
+              `report ${shellQuote(o.outDir)} --out ${shellQuote(join(o.outDir, 'report.html'))}`,
+              'all of it in one HTML file',
+            ],
+          ].map(([cmd, why]) => ({command: `${invocation(this.config.bin)} ${cmd}`, why}))
+        : []
+    if (next.length > 0) {
+      const width = Math.max(...next.map((x) => x.command.length))
+      this.log(`\nnext:\n${next.map((x) => `  ${x.command.padEnd(width)}   # ${x.why}`).join('\n')}`)
     }
 
     if (signal) {
@@ -439,7 +477,7 @@ ${presetHelp()}`
       process.exitCode = signal === 'SIGTERM' ? EXIT.sigterm : EXIT.sigint
     }
 
-    return result
+    return {...result, next: next.map((x) => x.command)}
   }
 }
 

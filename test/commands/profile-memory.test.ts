@@ -46,4 +46,38 @@ describe('mhc profile-memory (CLI)', () => {
       assert.match(lines[0], pattern)
     })
   }
+
+  it('text: the headline first (L_r* and the stage memory), 120 columns; how each item is counted under --verbose', async () => {
+    const [r, v, j] = await Promise.all([
+      runCli(['profile-memory']),
+      runCli(['profile-memory', '--verbose']),
+      runCli(['profile-memory', '--json']),
+    ])
+    for (const x of [r, v, j]) assert.equal(x.status, 0, showRun(x))
+    const doc = JSON.parse(j.stdout)
+    const lines = r.stdout.split('\n')
+    assert.equal(
+      lines[0],
+      `paper-27b: L_r* = ${doc.argmin[0]} (closed form √(nL/(n+2)) = ${doc.closedForm.toFixed(2)})`,
+    )
+    const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`
+    assert.ok(lines[1].includes(`mHC residual path ${gib(doc.paths[0].perGpuBytes)} at L_r*`), lines[1])
+    assert.ok(lines[1].endsWith(`${gib(doc.perGpu.at(-1).bytes)} in all`), lines[1])
+    assert.ok(Math.max(...lines.map((l) => l.length)) <= 120, 'fits 120 columns')
+    assert.doesNotMatch(r.stdout, /Korthikanti/)
+    assert.match(v.stdout, /Korthikanti/) // the "how" column
+  })
+
+  it('--measure shows its progress on stderr (L_r by L_r), and nothing there under --json', async () => {
+    const args = ['profile-memory', '--measure', '--layers', '2', '--d-model', '8', '--batch', '4', '--seq-len', '4']
+    const [r, j] = await Promise.all([
+      runCli([...args, '--backend', 'wasm']),
+      runCli([...args, '--backend', 'wasm', '--json']),
+    ])
+    assert.equal(r.status, 0, showRun(r))
+    assert.equal(j.status, 0, showRun(j))
+    assert.match(r.stderr, /measured 4\/4 \| L_r = 4: [\d.]+ MiB/)
+    assert.equal(j.stderr, '')
+    assert.equal(JSON.parse(j.stdout).rows.length, 4)
+  })
 })

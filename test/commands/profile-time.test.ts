@@ -48,21 +48,19 @@ describe('mhc profile-time (CLI)', {concurrency: true}, () => {
     }
   })
 
-  it('text report names the paper figure and the unfused HC figure', async () => {
-    const r = await cli([
-      '--preset',
-      'paper-3b',
-      '--schedule',
-      '1f1b',
-      '--pipeline-stages',
-      '3',
-      '--micro-batches',
-      '6',
-    ])
+  it('text report: the headline first, 120 columns; the assumptions and the timeline under --verbose', async () => {
+    const args = ['--preset', 'paper-3b', '--schedule', '1f1b', '--pipeline-stages', '3', '--micro-batches', '6']
+    const [r, v] = await Promise.all([cli(args), cli([...args, '--verbose'])])
     assert.equal(r.status, 0, r.stderr)
-    assert.match(r.stdout, /the paper's design: \+\d+\.\d% \(paper: \+6\.7% at n = 4/)
-    assert.match(r.stdout, /HC unfused: \+\d+\.\d%/)
-    assert.match(r.stdout, /rank {2}2 \|/)
+    assert.equal(v.status, 0, v.stderr)
+    const first = r.stdout.split('\n')[0]
+    assert.match(first, /^mHC time overhead, paper-3b on H800: the paper's design \+\d+\.\d% \(paper: \+6\.7% at n = 4/)
+    assert.match(first, /HC unfused \+\d+\.\d%$/)
+    assert.ok(Math.max(...r.stdout.split('\n').map((l) => l.length)) <= 120, 'the default output fits 120 columns')
+    assert.doesNotMatch(r.stdout, /rank {2}2 \||assumptions \(every one is a flag\)/)
+    assert.match(v.stdout, /assumptions \(every one is a flag\)/)
+    assert.match(v.stdout, /rank {2}2 \|/)
+    assert.equal(v.stdout.split('\n')[0], first)
   })
 
   for (const [args, pattern] of [

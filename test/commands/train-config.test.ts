@@ -2,7 +2,7 @@
 // --print-config round trips, --dry-run writes nothing, presets in --help; checkpoints as users manage them
 // (--keep-last, --keep-best, --init-from) and the mhc version and commit in every manifest.
 import assert from 'node:assert/strict'
-import {execFileSync} from 'node:child_process'
+import {execFileSync, spawnSync} from 'node:child_process'
 import {existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -11,7 +11,7 @@ import {after, before, describe, it} from 'node:test'
 import {configFromPreset, PRESETS} from '../../src/model/config.js'
 import {readCheckpointDir} from '../../src/model/io/checkpoint.js'
 import {initParamData, parameterCount} from '../../src/model/params.js'
-import {repo, runCli, showRun} from '../helpers.js'
+import {EMPTY_CONFIG, repo, runCli, showRun} from '../helpers.js'
 
 let root = ''
 before(() => {
@@ -213,6 +213,29 @@ describe('checkpoints as users manage them', {concurrency: 2}, () => {
     const refused = await runCli(['train', ...TINY, '--init-from', source, '--layers', '2', '--out', path('no')])
     assert.equal(refused.status, 2, showRun(refused))
     assert.match(errorLine(refused.stderr), /--init-from takes the model from the checkpoint; drop --layers/)
+  })
+
+  it('train ends with the next commands, and each works as printed (a run directory with a space in its name)', async () => {
+    const out = join(root, 'next run')
+    const r = await runCli(['train', ...TINY, '--steps', '2', '--out', out, '--json'])
+    assert.equal(r.status, 0, showRun(r))
+    const {next} = JSON.parse(r.stdout) as {next: string[]}
+    assert.deepEqual(
+      next.map((c) => c.split(' ').slice(0, 2).join(' ')),
+      ['./bin/dev.js analyze-gain', './bin/dev.js check', './bin/dev.js plot', './bin/dev.js report'],
+    )
+    const text = await runCli(['train', ...TINY, '--steps', '2', '--out', join(root, 'next-text')])
+    assert.match(text.stdout, /^next:\n {2}\.\/bin\/dev\.js analyze-gain /m)
+    for (const command of next) {
+      const done = spawnSync('bash', ['-c', `${command} --json`], {
+        cwd: repo,
+        encoding: 'utf8',
+        env: {...process.env, MHC_NO_TFJS_NODE: '1', MHC_CONFIG: EMPTY_CONFIG, MHC_BACKEND: 'wasm'},
+      })
+      assert.equal(done.status, 0, `${command}\n${done.stderr}`)
+    }
+
+    assert.ok(existsSync(join(out, 'curves.svg')) && existsSync(join(out, 'report.html')))
   })
 
   it('every manifest records the mhc version and, in a git checkout, the commit', async () => {

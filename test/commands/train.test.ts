@@ -478,6 +478,11 @@ describe('bad input: exit 2, one Error: line, no stack trace', {concurrency: 2},
       assert.deepEqual(snapshot(dir), before, `files changed after train ${args.join(' ')}`)
     }
 
-    assert.deepEqual(readdirSync(dir).sort(), ['ckpt-000003', 'ckpt-000006', 'latest', 'metrics.jsonl'])
+    assert.deepEqual(
+      readdirSync(dir)
+        .map((f) => (f.startsWith('events.out.tfevents.') ? 'events (TensorBoard)' : f))
+        .sort(),
+      ['ckpt-000003', 'ckpt-000006', 'events (TensorBoard)', 'latest', 'metrics.jsonl'],
+    )
   })
 })

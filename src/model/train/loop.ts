@@ -1,7 +1,7 @@
 // The training loop, engine-agnostic: sample a batch, take one AdamW step on the engine, log, evaluate, checkpoint.
 // The host keeps what makes a run reproducible and resumable: the step, the data-order RNG and the lr schedule.
 import {existsSync} from 'node:fs'
-import {basename, dirname, resolve} from 'node:path'
+import {basename, dirname, join, resolve} from 'node:path'
 
 import type {Engine} from '../engines/engine.js'
 
@@ -21,6 +21,7 @@ import {
   ancestors,
   appendMetric,
   clearMetrics,
+  METRICS_FILE,
   openRunDir,
   pruneCheckpoints,
   readCheckpoint,
@@ -29,6 +30,7 @@ import {
   saveCheckpoint,
   truncateMetrics,
 } from './run-dir.js'
+import {EventFile, metricsRecords} from './tensorboard.js'
 
 /** Linear warm-up to `lr`, then cosine decay to lr·minLrRatio at the last step; all scaled by lrScale (rollbacks). */
 export function lrAt(step: number, tc: TrainConfig): number {
@@ -169,7 +171,15 @@ async function trainLoop(o: RunOptions): Promise<RunSummary> {
     clearMetrics(outDir)
   }
 
-  const log = (rec: object) => appendMetric(outDir, rec)
+  // TensorBoard's copy of metrics.jsonl: written again whenever metrics.jsonl is cut back (here, and on a rollback).
+  const events = new EventFile(outDir)
+  const tensorboard = () => events.reset(metricsRecords(join(outDir, METRICS_FILE)))
+  tensorboard()
+  const log = (rec: Record<string, unknown>) => {
+    appendMetric(outDir, rec)
+    events.append(rec)
+  }
+
   const summary: RunSummary = {
     startStep: pos.step,
     steps: pos.step,
@@ -272,6 +282,7 @@ async function trainLoop(o: RunOptions): Promise<RunSummary> {
     tc.lrScale = (tc.lrScale ?? 1) * (tc.rollbackLrFactor ?? DEFAULT_ROLLBACK_LR_FACTOR)
     // Metrics and history follow the path the weights took: the undone steps go (the event itself stays).
     truncateMetrics(outDir, pos.step)
+    tensorboard()
     summary.history = summary.history.filter((h) => h.step <= pos.step)
     summary.evals = summary.evals.filter((e) => e.step <= pos.step)
     if (lastEval > pos.step) lastEval = -1

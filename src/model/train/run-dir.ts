@@ -310,6 +310,12 @@ export interface StepRecord {
   step: number
   loss: number
   gradNorm: number
+  lr?: number
+}
+
+export interface EvalRecord {
+  step: number
+  valLoss: number
 }
 
 /**
@@ -318,10 +324,11 @@ export interface StepRecord {
  * corrupt file into "rule failed". The one exception is the signature of a torn write (kill -9 mid-append): after
  * whole records, a last line that begins like one (`{`) but has no newline; it is skipped and reported.
  */
-export function readStepRecords(path: string): {steps: StepRecord[]; tornLastLine: boolean} {
+export function readStepRecords(path: string): {steps: StepRecord[]; evals: EvalRecord[]; tornLastLine: boolean} {
   if (!statSync(path).isFile()) throw new InputError(`${path}: not a regular file`)
   const lines = readFileSync(path, 'utf8').split('\n')
   const steps: StepRecord[] = []
+  const evals: EvalRecord[] = []
   let tornLastLine = false
   let records = 0
   const isNum = (v: unknown) => v === null || typeof v === 'number'
@@ -344,19 +351,31 @@ export function readStepRecords(path: string): {steps: StepRecord[]; tornLastLin
     if (typeof rec !== 'object' || rec === null || Array.isArray(rec) || typeof rec.type !== 'string')
       throw new InputError(`${path}:${i + 1}: not a metrics record (no "type")`)
     records++
+    if (rec.type === 'eval') {
+      if (!Number.isSafeInteger(rec.step) || rec.step < 0 || !isNum(rec.valLoss))
+        throw new InputError(`${path}:${i + 1}: an eval record needs an integer step and a numeric valLoss`)
+      evals.push({step: rec.step, valLoss: rec.valLoss ?? Number.NaN})
+    }
+
     if (rec.type !== 'step') continue
     if (!Number.isSafeInteger(rec.step) || rec.step < 1 || !isNum(rec.loss) || !isNum(rec.gradNorm)) {
       throw new InputError(`${path}:${i + 1}: a step record needs an integer step and numeric loss and gradNorm`)
     }
 
-    steps.push({step: rec.step, loss: rec.loss ?? Number.NaN, gradNorm: rec.gradNorm ?? Number.NaN})
+    const lr = typeof rec.lr === 'number' ? {lr: rec.lr} : {}
+    steps.push({step: rec.step, loss: rec.loss ?? Number.NaN, gradNorm: rec.gradNorm ?? Number.NaN, ...lr})
   }
 
-  return {steps, tornLastLine}
+  return {steps, evals, tornLastLine}
 }
 
 /** The step records of a run directory's metrics.jsonl; a directory without one is not a run (bad input). */
-export function readRunSteps(runDir: string): {steps: StepRecord[]; tornLastLine: boolean; path: string} {
+export function readRunSteps(runDir: string): {
+  steps: StepRecord[]
+  evals: EvalRecord[]
+  tornLastLine: boolean
+  path: string
+} {
   const path = join(runDir, METRICS_FILE)
   if (!existsSync(path)) throw new InputError(`${runDir}: no ${METRICS_FILE} (not a run directory)`)
   return {...readStepRecords(path), path}

@@ -19,6 +19,7 @@ export async function measurePeaks(
   batch: number,
   blocks: number[],
   seed = 1,
+  onPoint?: (p: MeasuredPoint, done: number) => void,
 ): Promise<MeasuredPoint[]> {
   const engine = await engines.create({model: cfg})
   if (!engine.peakMemory) throw new Error(`the ${engine.name} engine cannot report its peak memory`)
@@ -29,11 +30,11 @@ export async function measurePeaks(
   const y = tokens()
   const points: MeasuredPoint[] = []
   try {
-    for (const recomputeBlock of blocks)
-      points.push({
-        recomputeBlock,
-        peakBytes: await engine.peakMemory({x, y, size: batch, seqLen: cfg.seqLen}, recomputeBlock),
-      })
+    for (const recomputeBlock of blocks) {
+      const peakBytes = await engine.peakMemory({x, y, size: batch, seqLen: cfg.seqLen}, recomputeBlock)
+      points.push({recomputeBlock, peakBytes})
+      onPoint?.(points.at(-1)!, points.length)
+    }
   } finally {
     engine.dispose()
   }

@@ -67,7 +67,11 @@ describe('leftovers of a killed save', () => {
     assert.equal(ck.manifest.step, 4, 'latest decides')
     const s = await runTraining({model: cfg, train: {...tc, steps: 6}, corpus, outDir: dir, resume: ck})
     assert.equal(s.steps, 6)
-    const names = readdirSync(dir).sort()
+    // One TensorBoard mirror of metrics.jsonl, whatever its timestamped name; then exactly these.
+    assert.equal(readdirSync(dir).filter((f) => f.startsWith('events.out.tfevents.')).length, 1)
+    const names = readdirSync(dir)
+      .filter((f) => !f.startsWith('events.out.tfevents.'))
+      .sort()
     assert.deepEqual(names, [
       'ckpt-000002',
       'ckpt-000004',
@@ -137,7 +141,14 @@ describe('non-finite loss or gradient', () => {
         assert.equal(e.event?.origin.layer, 1)
         return true
       })
-      assert.deepEqual(readdirSync(dir), ['metrics.jsonl'], 'no checkpoint written')
+      // metrics.jsonl and its TensorBoard mirror, no checkpoint
+      assert.deepEqual(
+        readdirSync(dir)
+          .map((f) => (f.startsWith('events.out.tfevents.') ? 'events' : f))
+          .sort(),
+        ['events', 'metrics.jsonl'],
+        'no checkpoint written',
+      )
       const ev = records(dir).filter((r) => r.type === 'nonfinite')
       assert.deepEqual(
         ev.map(({step, layer, pass, action}) => ({step, layer, pass, action})),
