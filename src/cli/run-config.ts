@@ -123,12 +123,23 @@ async function parseValue(def: FlagDef, value: unknown, where: string): Promise<
 
 const without = (o: object, key: string) => Object.fromEntries(Object.entries(o).filter(([k]) => k !== key))
 
-/** A resolved run as a config file that `--config` reads back: the architecture, the corpus, the model and training blocks. */
-export function runConfigDoc(c: {arch: string; data?: string; model: object; train: object}): Record<string, unknown> {
+/**
+ * A resolved run as a config file that `--config` reads back: the architecture, the corpus, the run's other settings
+ * that were given (out, backend, init-from, keep-last, keep-best), then the model and training blocks.
+ */
+export function runConfigDoc(c: {
+  arch: string
+  data?: string
+  model: object
+  settings?: Record<string, unknown>
+  train: object
+}): Record<string, unknown> {
+  const given = Object.fromEntries(Object.entries(c.settings ?? {}).filter(([, v]) => v !== undefined))
   // arch is said once, at the top; scheduleSteps follows from steps
   return {
     arch: c.arch,
     ...(c.data ? {data: c.data} : {}),
+    ...given,
     model: without(c.model, 'arch'),
     train: without(c.train, 'scheduleSteps'),
   }

@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 import {statSync} from 'node:fs'
-import {join} from 'node:path'
+import {join, resolve} from 'node:path'
 
 import {assertWritableFile, BaseCommand, flagError, UsageError} from '../cli/base.js'
 import {chart, table} from '../cli/render.js'
@@ -26,7 +26,10 @@ Reads each run directory's metrics.jsonl. Prints a summary table and the train l
     const {argv, flags} = await this.parse(Plot).catch(flagError)
     this.verbose = flags.verbose
     for (const out of flags.out ?? []) assertWritableFile(out, '--out', CHART_FILE_EXTENSIONS)
-    const runs: RunCurves[] = (argv as string[]).map((dir) => {
+    const dirs = argv as string[]
+    const twice = dirs.find((d, i) => dirs.findIndex((e) => resolve(e) === resolve(d)) !== i)
+    if (twice) throw new UsageError(`${twice} is given twice`)
+    const runs: RunCurves[] = dirs.map((dir) => {
       if (!statSync(dir, {throwIfNoEntry: false})?.isDirectory())
         throw new UsageError(`${dir}: not a run directory (metrics.jsonl expected inside)`)
       const {steps, evals, tornLastLine} = readRunSteps(dir)

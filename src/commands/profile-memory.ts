@@ -304,6 +304,15 @@ forward+backward passes of a small mHC model on the current backend for each L_r
     const measuredBest = argmin(rows.map((r) => r.measured))
     const modelledBest = argmin(rows.map((r) => r.modelled))
     const maxErr = Math.max(...rows.map((r) => Math.abs(r.relError)))
+    // The headline first: where the measured and modelled optima are and how far the model is off.
+    const agree = measuredBest.some((l) => modelledBest.includes(l))
+    this.log(
+      `measured optimum L_r = ${measuredBest.join(' or ')}; modelled ${modelledBest.join(' or ')} (${agree ? 'agree' : 'DISAGREE'}); largest error ${(100 * maxErr).toFixed(1)}%`,
+    )
+    this.log(
+      `model: ${(model.storedPerBlock / MiB).toFixed(3)} MiB kept per block, ${(model.perLayer / MiB).toFixed(3)} MiB per recomputed layer,\n` +
+        'calibrated on one block (ties within 0.1% count as ties)',
+    )
     this.log(
       table(
         ['L_r', 'measured MiB', 'modelled MiB', 'error', ''],
@@ -328,13 +337,6 @@ forward+backward passes of a small mHC model on the current backend for each L_r
         ['measured', 'modelled'],
         {digits: 1},
       ),
-    )
-    const agree = measuredBest.some((l) => modelledBest.includes(l))
-    this.log(
-      `measured optimum L_r = ${measuredBest.join(' or ')}; modelled ${modelledBest.join(' or ')} (${agree ? 'agree' : 'DISAGREE'}); largest error ${(100 * maxErr).toFixed(1)}%`,
-    )
-    this.log(
-      `model: ${(model.storedPerBlock / MiB).toFixed(3)} MiB kept per block, ${(model.perLayer / MiB).toFixed(3)} MiB per recomputed layer, calibrated on one block (ties within 0.1% count as ties)`,
     )
     if (flags.chart) {
       await writeLineChartSvg(flags.chart, {

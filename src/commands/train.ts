@@ -209,7 +209,10 @@ ${presetHelp()}`
     const keep = {last: flags['keep-last'], best: flags['keep-best'] ?? false}
 
     if (flags['print-config'] || flags['dry-run']) {
-      const resolved = {arch: model.arch, data: corpus.source, model, train}
+      const settings = Object.fromEntries(
+        ['out', 'backend', 'init-from', 'keep-last', 'keep-best'].map((k) => [k, (flags as any)[k]]),
+      )
+      const resolved = {arch: model.arch, data: corpus.source, model, train, settings}
       if (flags['print-config']) {
         if (!this.jsonEnabled()) process.stdout.write(runConfigYaml(resolved))
         return runConfigDoc(resolved)

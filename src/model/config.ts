@@ -103,7 +103,7 @@ export const PRESETS: Record<string, Preset> = {
     train: train({steps: 40, batch: 8, evalEvery: 20, evalWindows: 32, saveEvery: 20, warmup: 5}),
   },
   small: {
-    description: '4 blocks, C=128, T=64: the default, a few minutes on 2 CPU cores',
+    description: '4 blocks, C=128, T=64: the default, 4 to 14 minutes on 2 CPU cores (531-1,864 tokens/s)',
     model: model({}),
     train: train({}),
   },

@@ -77,6 +77,8 @@ describe('mhc profile-memory (CLI)', () => {
     assert.equal(r.status, 0, showRun(r))
     assert.equal(j.status, 0, showRun(j))
     assert.match(r.stderr, /measured 4\/4 \| L_r = 4: [\d.]+ MiB/)
+    assert.match(r.stdout.split('\n')[0], /^measured optimum L_r = \d+/) // the headline first
+    assert.ok(Math.max(...r.stdout.split('\n').map((l) => l.trimEnd().length)) <= 120, 'fits 120 columns')
     assert.equal(j.stderr, '')
     assert.equal(JSON.parse(j.stdout).rows.length, 4)
   })

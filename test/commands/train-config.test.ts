@@ -54,6 +54,26 @@ describe('--config, --print-config, --dry-run', {concurrency: 2}, () => {
     assert.match(first.stdout, /^ {2}warmup: 7$/m)
   })
 
+  it('--print-config keeps every setting given: the run ones (out, backend, keep-*) and the policies', async () => {
+    const config = file(
+      'all.yaml',
+      'preset: tiny\nkeep-best: true\nkeep-last: 2\non-nonfinite: rollback\nout: runs/x\nrecompute-block: 2\nbackend: wasm\n',
+    )
+    const first = await runCli(['train', '--config', config, '--print-config'])
+    assert.equal(first.status, 0, showRun(first))
+    for (const line of [
+      'out: runs/x',
+      'backend: wasm',
+      'keep-last: 2',
+      'keep-best: true',
+      '  onNonFinite: rollback',
+      '  recomputeBlock: 2',
+    ])
+      assert.ok(first.stdout.split('\n').includes(line), `${line} missing from:\n${first.stdout}`)
+    const again = await runCli(['train', '--config', file('again.yaml', first.stdout), '--print-config'])
+    assert.equal(again.stdout, first.stdout)
+  })
+
   it("a checkpoint's manifest.json is a config file: the same model and training settings", async () => {
     const manifest = join(repo, 'fixtures', 'mhc', 'ckpt-000150', 'manifest.json')
     const r = await runCli(['train', '--config', manifest, '--print-config', '--json'])

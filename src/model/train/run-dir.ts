@@ -140,8 +140,9 @@ export function pruneCheckpoints(
 
   const removed: string[] = []
   if (o.keepLast) {
-    const latest = readPointer(join(runDir, LATEST))
-    const keep = new Set([best, latest, ...names.slice(-o.keepLast)])
+    // Never what `latest` or `best` names, even in a run that does not keep a best itself (a resume without --keep-best).
+    const named = [LATEST, BEST].map((f) => readPointer(join(runDir, f)))
+    const keep = new Set([best, ...named, ...names.slice(-o.keepLast)])
     for (const name of names)
       if (!keep.has(name)) {
         rmSync(join(runDir, name), {recursive: true, force: true})
@@ -174,6 +175,9 @@ export const completeCheckpoints = (runDir: string) =>
 export function rewindRun(runDir: string, step: number, latest?: string): void {
   if (latest) writeFileAtomic(join(runDir, LATEST), latest + '\n')
   else rmSync(join(runDir, LATEST), {force: true})
+  // `best` (--keep-best) must not name an abandoned checkpoint: the next save names the best of what is left.
+  const best = readPointer(join(runDir, BEST))
+  if (best && isCheckpointName(best) && stepOfCheckpoint(best) > step) rmSync(join(runDir, BEST), {force: true})
   for (const f of readdirSync(runDir)) {
     if (!isCheckpointName(f) || stepOfCheckpoint(f) <= step) continue
     const doomed = tempName(join(runDir, f))
@@ -257,7 +261,9 @@ export function resumeRunDir(
   const later = readdirSync(runDir)
     .filter((f) => isCheckpointName(f) && stepOfCheckpoint(f) > ck.manifest.step)
     .sort(byStep)
-  const viaLatest = resolve(ck.dir) !== resolve(given)
+  // Only the run directory (or RUN/latest) goes through `latest`; RUN/best or a checkpoint is a choice of the user's.
+  const viaLatest =
+    resolve(given) === resolve(runDir) || (basename(given) === LATEST && resolve(dirname(given)) === resolve(runDir))
   if (later.length > 0 && viaLatest) {
     return {
       outDir,

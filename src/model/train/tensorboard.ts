@@ -1,4 +1,4 @@
-import CRC32C from 'crc-32/crc32c'
+import CRC32C from 'crc-32/crc32c.js'
 // TensorBoard scalar event files in the run directory, so that `tensorboard --logdir runs` shows every metric of
 // every run. The file is TensorFlow's record format, one serialised `Event` protocol buffer per record:
 //
@@ -124,8 +124,9 @@ export class EventFile {
   constructor(readonly runDir: string) {}
 
   reset(records: Record<string, unknown>[]): void {
+    // Ours only (they end in .mhc): another writer's event files in the same directory are left alone.
     for (const f of readdirSync(this.runDir))
-      if (f.startsWith(EVENTS_PREFIX)) rmSync(join(this.runDir, f), {force: true})
+      if (f.startsWith(EVENTS_PREFIX) && f.endsWith('.mhc')) rmSync(join(this.runDir, f), {force: true})
     this.path = undefined
     const events = records.flatMap((r) => recordEvents(r, Date.now() / 1000))
     if (events.length > 0) this.write(events)

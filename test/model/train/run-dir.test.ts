@@ -1,4 +1,4 @@
-// The run directory's lock: one writer, a named holder, stale locks taken over.
+// The run directory's lock (one writer, a named holder, stale locks taken over) and checkpoint retention.
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
 import {existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync} from 'node:fs'
@@ -13,6 +13,9 @@ import {
   lockHolder,
   METRICS_FILE,
   openRunDir,
+  pruneCheckpoints,
+  resumeRunDir,
+  rewindRun,
 } from '../../../src/model/train/run-dir.js'
 
 let root = ''
@@ -110,5 +113,66 @@ describe('a failed run removes only what it created, and only while empty', () =
     run.discardIfUnused()
     run.release()
     assert.deepEqual(readdirSync(kept), [METRICS_FILE])
+  })
+})
+
+describe('checkpoint retention (--keep-last, --keep-best)', () => {
+  /** A run directory with checkpoints at `steps` whose manifests record these validation losses (undefined: none). */
+  function run(losses: Record<number, number | undefined>, latest: number): string {
+    const dir = tmpPath('keep')
+    for (const [step, valLoss] of Object.entries(losses)) {
+      const ck = join(dir, `ckpt-${String(step).padStart(6, '0')}`)
+      mkdirSync(ck, {recursive: true})
+      writeFileSync(join(ck, 'manifest.json'), JSON.stringify({metrics: valLoss === undefined ? {} : {valLoss}}))
+    }
+
+    writeFileSync(join(dir, 'latest'), `ckpt-${String(latest).padStart(6, '0')}\n`)
+    return dir
+  }
+
+  const ckpts = (dir: string) =>
+    readdirSync(dir)
+      .filter((f) => f.startsWith('ckpt-'))
+      .sort()
+
+  it('keeps the newest N, the best by validation loss and whatever latest names; a checkpoint without a loss is never best', () => {
+    const dir = run({2: 3.1, 4: 2.5, 6: undefined, 8: 2.9, 10: 2.7}, 8)
+    const r = pruneCheckpoints(dir, {keepLast: 1, keepBest: true})
+    assert.equal(r.best, 'ckpt-000004')
+    assert.deepEqual(r.removed, ['ckpt-000002', 'ckpt-000006'])
+    assert.deepEqual(ckpts(dir), ['ckpt-000004', 'ckpt-000008', 'ckpt-000010'])
+    assert.equal(readFileSync(join(dir, 'best'), 'utf8').trim(), 'ckpt-000004')
+    // Without --keep-best, only the newest (and latest's) stay; no best pointer is written.
+    const plain = run({2: 1, 4: 2, 6: 3}, 6)
+    pruneCheckpoints(plain, {keepLast: 2, keepBest: false})
+    assert.deepEqual(ckpts(plain), ['ckpt-000004', 'ckpt-000006'])
+    assert.ok(!existsSync(join(plain, 'best')))
+  })
+
+  it('--keep-last without --keep-best (a resumed run) still keeps what best names', () => {
+    const dir = run({2: 1, 4: 2, 6: 3}, 6)
+    writeFileSync(join(dir, 'best'), 'ckpt-000002\n')
+    pruneCheckpoints(dir, {keepLast: 1, keepBest: false})
+    assert.deepEqual(ckpts(dir), ['ckpt-000002', 'ckpt-000006'])
+  })
+
+  it('resuming from <run>/best behind later checkpoints is refused; through latest, a newer one is an interrupted save', () => {
+    const dir = run({2: 1, 4: 2, 6: 3}, 6)
+    writeFileSync(join(dir, 'best'), 'ckpt-000002\n')
+    const at = (step: number) => ({dir: join(dir, `ckpt-${String(step).padStart(6, '0')}`), manifest: {step}}) as any
+    assert.throws(() => resumeRunDir(at(2), join(dir, 'best'), undefined, 10), /already has later checkpoints/)
+    writeFileSync(join(dir, 'latest'), 'ckpt-000004\n') // a save of ckpt-000006 that never moved latest
+    assert.match(resumeRunDir(at(4), dir, undefined, 10).note ?? '', /newer than .*latest \(a save was interrupted\)/)
+  })
+
+  it('a rollback past the best checkpoint drops the best pointer; one before it keeps it', () => {
+    const dir = run({2: 2, 4: 1.5, 6: 1.7}, 6)
+    pruneCheckpoints(dir, {keepBest: true})
+    assert.equal(readFileSync(join(dir, 'best'), 'utf8').trim(), 'ckpt-000004')
+    rewindRun(dir, 4, 'ckpt-000004')
+    assert.equal(readFileSync(join(dir, 'best'), 'utf8').trim(), 'ckpt-000004', 'ckpt-000004 survives the rewind')
+    rewindRun(dir, 2, 'ckpt-000002')
+    assert.ok(!existsSync(join(dir, 'best')), 'best named an abandoned checkpoint')
+    assert.deepEqual(ckpts(dir), ['ckpt-000002'])
   })
 })
