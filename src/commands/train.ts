@@ -62,17 +62,15 @@ function presetHelp(): string {
 }
 
 // What --config may set: every setting of a run, not the command's own switches (--resume, --config, output modes).
+// The run's settings that are neither model nor optimiser: --print-config writes them beside the model/train blocks.
+const RUN_SETTINGS = ['out', 'backend', 'init-from', 'keep-last', 'keep-best']
 const CONFIGURABLE = [
   'arch',
   'preset',
   'data',
-  'out',
-  'init-from',
-  'backend',
+  ...RUN_SETTINGS,
   ...Object.keys(MODEL_FLAGS),
   ...Object.keys(TRAIN_FLAGS),
-  'keep-last',
-  'keep-best',
 ]
 
 export default class Train extends BaseCommand {
@@ -209,9 +207,7 @@ ${presetHelp()}`
     const keep = {last: flags['keep-last'], best: flags['keep-best'] ?? false}
 
     if (flags['print-config'] || flags['dry-run']) {
-      const settings = Object.fromEntries(
-        ['out', 'backend', 'init-from', 'keep-last', 'keep-best'].map((k) => [k, (flags as any)[k]]),
-      )
+      const settings = Object.fromEntries(RUN_SETTINGS.map((k) => [k, (flags as any)[k]]))
       const resolved = {arch: model.arch, data: corpus.source, model, train, settings}
       if (flags['print-config']) {
         if (!this.jsonEnabled()) process.stdout.write(runConfigYaml(resolved))

@@ -168,6 +168,13 @@ export function readSmallFile(p: string, limit: number): Buffer {
 const isInt = (v: unknown, min: number, max = Number.MAX_SAFE_INTEGER) =>
   Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max
 
+// The manifest fields besides the configs, checked the same way wherever a manifest's record is read (checkpoints,
+// and the provenance an export carries: io/pytorch.ts).
+export const isStep = (v: unknown): v is number => isInt(v, 0)
+export const isRngState = (v: unknown): v is number => isInt(v, 0, 0xff_ff_ff_ff)
+export const isDataInfo = (d: any): d is DataInfo =>
+  typeof d?.source === 'string' && /^[0-9a-f]{64}$/.test(String(d.sha256)) && isInt(d.bytes, 0)
+
 /** Checks a model config read from disk, so a hand-edited manifest fails here and not deep inside an engine. */
 export function validateModelConfig(m: any, where: string): ModelConfig {
   const problem = modelProblem(m)
@@ -207,15 +214,10 @@ export function readCheckpointDir(
       `${where}: checkpoint format version ${manifest.version} is not supported (this mhc reads ${CHECKPOINT_VERSION})`,
     )
   const model = validateModelConfig(manifest.model, where)
-  if (!Number.isSafeInteger(manifest.step) || manifest.step < 0)
-    throw new CheckpointError(`${where}: invalid step ${manifest.step}`)
+  if (!isStep(manifest.step)) throw new CheckpointError(`${where}: invalid step ${manifest.step}`)
   const train = validateTrainConfig(manifest.train, where)
-  const {data} = manifest
-  if (typeof data?.source !== 'string' || !/^[0-9a-f]{64}$/.test(String(data.sha256)) || !isInt(data.bytes, 0)) {
-    throw new CheckpointError(`${where}: invalid corpus record (source, sha256, bytes)`)
-  }
-
-  if (!isInt(manifest.rng?.data, 0, 0xff_ff_ff_ff)) throw new CheckpointError(`${where}: invalid data RNG state`)
+  if (!isDataInfo(manifest.data)) throw new CheckpointError(`${where}: invalid corpus record (source, sha256, bytes)`)
+  if (!isRngState(manifest.rng?.data)) throw new CheckpointError(`${where}: invalid data RNG state`)
 
   const specs = paramSpecs(model)
   const read = (file: string, prefixes: string[]): HostTensors[] => {

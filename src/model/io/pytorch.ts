@@ -24,7 +24,7 @@ import {configFromPreset, DEFAULT_PRESET, ModelConfig, modelConfig, trainConfigP
 import {InputError} from '../errors.js'
 import {HostTensors, modelProblem, ParamSpec, paramSpecs} from '../params.js'
 import {fsyncDir, tempName, writeFileSynced} from './atomic.js'
-import {CheckpointData, Manifest, MANIFEST, readSmallFile} from './checkpoint.js'
+import {CheckpointData, isDataInfo, isRngState, isStep, Manifest, MANIFEST, readSmallFile} from './checkpoint.js'
 import {encodeSafetensors, NamedTensor, readSafetensorsFile} from './safetensors.js'
 
 export const EXPORT_FORMAT = 'mhc-pytorch'
@@ -410,7 +410,7 @@ export function readExportConfig(
   const provenance: Partial<ExportProvenance> = {}
   if (c.source !== undefined) provenance.source = String(c.source)
   if (c.step !== undefined) {
-    if (!Number.isSafeInteger(c.step) || c.step < 0) fail(`checkpoint.step ${JSON.stringify(c.step)} is not a step`)
+    if (!isStep(c.step)) fail(`checkpoint.step ${JSON.stringify(c.step)} is not a step`)
     provenance.step = c.step
   }
 
@@ -421,18 +421,12 @@ export function readExportConfig(
   }
 
   if (c.data !== undefined) {
-    if (
-      typeof c.data?.source !== 'string' ||
-      !/^[0-9a-f]{64}$/.test(String(c.data.sha256)) ||
-      !Number.isSafeInteger(c.data.bytes)
-    )
-      fail('checkpoint.data needs source, sha256 (64 hex digits) and bytes')
+    if (!isDataInfo(c.data)) fail('checkpoint.data needs source, sha256 (64 hex digits) and bytes')
     provenance.data = {source: c.data.source, sha256: c.data.sha256, bytes: c.data.bytes}
   }
 
   if (c.rng !== undefined) {
-    if (!Number.isSafeInteger(c.rng?.data) || c.rng.data < 0 || c.rng.data > 0xff_ff_ff_ff)
-      fail('checkpoint.rng.data must be a uint32')
+    if (!isRngState(c.rng?.data)) fail('checkpoint.rng.data must be a uint32')
     provenance.rng = {data: c.rng.data}
   }
 
