@@ -1,7 +1,8 @@
 """TensorBoard reads our event files (#15): for each run directory given, TensorBoard's own EventAccumulator loads the
 events.out.tfevents.* file that `mhc train` wrote, and every scalar is compared with the run's metrics.jsonl (float32,
-as simple_value stores them). Prints one JSON document: the tensorboard version, per run the tags, the number of
-points per tag and the largest difference, and `ok`.
+as simple_value stores them), and every wall time with the record's `time` (exactly: both are doubles). Prints one
+JSON document: the tensorboard version, per run the tags, the number of points per tag, the largest value difference,
+the largest wall-time difference, and `ok`.
 Usage (a machine with the tensorboard package): python3 bench/tensorboard-check.py RUN [RUN ...]
 """
 import json
@@ -26,22 +27,29 @@ def check(run):
         for line in f:
             r = json.loads(line)
             for tag, field in TAGS.get(r['type'], []):
-                expected.setdefault(tag, []).append((r['step'], f32(r[field])))
+                expected.setdefault(tag, []).append((r['step'], f32(r[field]), r.get('time')))
     acc = EventAccumulator(run, size_guidance={'scalars': 0})  # 0: keep every point
     acc.Reload()
     tags = sorted(acc.Tags()['scalars'])
-    out = {'run': run, 'tags': tags, 'points': {}, 'maxAbsDiff': 0.0, 'ok': tags == sorted(expected)}
+    out = {'run': run, 'tags': tags, 'points': {}, 'maxAbsDiff': 0.0, 'maxWallTimeDiff': 0.0,
+           'ok': tags == sorted(expected)}
     for tag in tags:
-        got = [(e.step, e.value) for e in acc.Scalars(tag)]
+        got = [(e.step, e.value, e.wall_time) for e in acc.Scalars(tag)]
         want = expected.get(tag, [])
         out['points'][tag] = len(got)
-        if [s for s, _ in got] != [s for s, _ in want]:
+        if [g[0] for g in got] != [w[0] for w in want]:
             out['ok'] = False
             out.setdefault('stepMismatch', []).append(tag)
             continue
-        d = max((abs(a - b) for (_, a), (_, b) in zip(got, want) if math.isfinite(a) and math.isfinite(b)), default=0.0)
+        d = max((abs(g[1] - w[1]) for g, w in zip(got, want) if math.isfinite(g[1]) and math.isfinite(w[1])),
+                default=0.0)
+        if any(w[2] is None for w in want):
+            out['ok'] = False
+            out.setdefault('noTime', []).append(tag)
+        dt = max((abs(g[2] - w[2]) for g, w in zip(got, want) if w[2] is not None), default=0.0)
         out['maxAbsDiff'] = max(out['maxAbsDiff'], d)
-        out['ok'] = out['ok'] and d == 0.0
+        out['maxWallTimeDiff'] = max(out['maxWallTimeDiff'], dt)
+        out['ok'] = out['ok'] and d == 0.0 and dt == 0.0
     return out
 
 

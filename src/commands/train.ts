@@ -108,11 +108,14 @@ ${presetHelp()}`
     ...MODEL_FLAGS,
     ...TRAIN_FLAGS,
     'keep-last': Flags.integer({
-      min: 1,
-      description: 'keep only the newest N checkpoints (and the best, with --keep-best)',
+      min: 0,
+      description:
+        "keep only the newest N checkpoints (and the best, with --keep-best); 0 keeps all. A resume keeps the run's setting",
     }),
     'keep-best': Flags.boolean({
-      description: 'evaluate at every checkpoint, keep the one with the lowest validation loss, name it in <out>/best',
+      allowNo: true,
+      description:
+        "evaluate at every checkpoint, keep the one with the lowest validation loss, name it in <out>/best. A resume keeps the run's setting",
     }),
     config: Flags.string({description: 'YAML or JSON file of settings (flag names as keys); flags override it'}),
     'print-config': Flags.boolean({
@@ -204,10 +207,19 @@ ${presetHelp()}`
     const corpus = ck
       ? checkpointCorpus(ck.manifest.data, flags.data, model.seqLen + 1, true)
       : loadCorpus(flags.data, 0.1, model.seqLen + 1)
-    const keep = {last: flags['keep-last'], best: flags['keep-best'] ?? false}
+    // Retention: a resumed run goes on with its checkpoint's unless flags change it (--keep-last 0, --no-keep-best).
+    const keep = {
+      last: flags['keep-last'] ?? ck?.manifest.keep?.last,
+      best: flags['keep-best'] ?? ck?.manifest.keep?.best ?? false,
+    }
 
     if (flags['print-config'] || flags['dry-run']) {
-      const settings = Object.fromEntries(RUN_SETTINGS.map((k) => [k, (flags as any)[k]]))
+      const settings = {
+        ...Object.fromEntries(RUN_SETTINGS.map((k) => [k, (flags as any)[k]])),
+        // the retention in force, a resumed run's included
+        'keep-last': keep.last,
+        'keep-best': flags['keep-best'] ?? (keep.best || undefined),
+      }
       const resolved = {arch: model.arch, data: corpus.source, model, train, settings}
       if (flags['print-config']) {
         if (!this.jsonEnabled()) process.stdout.write(runConfigYaml(resolved))

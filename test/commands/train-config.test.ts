@@ -193,6 +193,43 @@ describe('checkpoints as users manage them', {concurrency: 2}, () => {
     const e = await runCli(['eval', join(out, 'best'), '--json', '--backend', 'wasm'])
     assert.equal(e.status, 0, showRun(e))
     assert.equal(JSON.parse(e.stdout).step, best)
+    assert.deepEqual(readCheckpointDir(join(out, name(16))).manifest.keep, {last: 2, best: true})
+
+    // A resume goes on with the run's retention (from the manifest) without being told again ...
+    const resumed = await runCli(['train', '--resume', out, '--steps', '20', '--no-progress', '--backend', 'wasm'])
+    assert.equal(resumed.status, 0, showRun(resumed))
+    const allEvals = readFileSync(join(out, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+      .filter((x) => x.type === 'eval')
+    const valAt = (s: number) => allEvals.find((x) => x.step === s).valLoss
+    const best2 = [best, 18, 20].reduce((a, b) => (valAt(b) < valAt(a) ? b : a))
+    assert.deepEqual(
+      new Set(readdirSync(out).filter((f) => f.startsWith('ckpt-'))),
+      new Set([name(18), name(20), name(best2)]),
+    )
+    assert.equal(readFileSync(join(out, 'best'), 'utf8').trim(), name(best2))
+    // ... and flags turn it off: --keep-last 0 keeps every checkpoint, --no-keep-best stops recording it.
+    const off = await runCli([
+      'train',
+      '--resume',
+      out,
+      '--steps',
+      '24',
+      '--keep-last',
+      '0',
+      '--no-keep-best',
+      '--no-progress',
+      '--backend',
+      'wasm',
+    ])
+    assert.equal(off.status, 0, showRun(off))
+    assert.deepEqual(
+      new Set(readdirSync(out).filter((f) => f.startsWith('ckpt-'))),
+      new Set([name(18), name(20), name(22), name(24), name(best2)]),
+    )
+    assert.equal(readCheckpointDir(join(out, name(24))).manifest.keep, undefined)
   })
 
   it('--init-from starts a new run from trained weights (new schedule, fresh optimiser), and records where from', async () => {

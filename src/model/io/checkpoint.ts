@@ -37,8 +37,15 @@ export interface Manifest {
   mhc?: {version: string; commit?: string}
   /** A run started with --init-from: the weights it started from. */
   initFrom?: {checkpoint: string; step: number}
+  /** The run's checkpoint retention (--keep-last, --keep-best): a resume goes on with it unless its flags change it. */
+  keep?: Keep
   tensors: {file: string; name: string; shape: number[]; dtype: 'F32'}[]
   files: Record<string, {sha256: string; bytes: number}>
+}
+
+export interface Keep {
+  last?: number // the newest N checkpoints (0 or absent: all)
+  best?: boolean // and the one with the lowest validation loss, named in <run>/best
 }
 
 export class CheckpointError extends InputError {}
@@ -57,6 +64,7 @@ export interface SaveInfo {
   metrics: Manifest['metrics']
   backend: string
   initFrom?: Manifest['initFrom']
+  keep?: Keep
 }
 
 /** A verified checkpoint in host memory (`m`, `v` only when asked for). */
@@ -131,6 +139,7 @@ export function writeCheckpoint(
       backend: info.backend,
       mhc: toolVersion(),
       ...(info.initFrom ? {initFrom: info.initFrom} : {}),
+      ...(info.keep?.last || info.keep?.best ? {keep: info.keep} : {}),
       tensors,
       files,
     }
@@ -218,6 +227,15 @@ export function readCheckpointDir(
   const train = validateTrainConfig(manifest.train, where)
   if (!isDataInfo(manifest.data)) throw new CheckpointError(`${where}: invalid corpus record (source, sha256, bytes)`)
   if (!isRngState(manifest.rng?.data)) throw new CheckpointError(`${where}: invalid data RNG state`)
+  const {keep} = manifest
+  if (
+    keep !== undefined &&
+    (typeof keep !== 'object' ||
+      keep === null ||
+      (keep.last !== undefined && !isInt(keep.last, 0)) ||
+      (keep.best !== undefined && typeof keep.best !== 'boolean'))
+  )
+    throw new CheckpointError(`${where}: invalid checkpoint retention record "keep" (last: integer ≥ 0, best: boolean)`)
 
   const specs = paramSpecs(model)
   const read = (file: string, prefixes: string[]): HostTensors[] => {

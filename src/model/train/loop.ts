@@ -175,9 +175,11 @@ async function trainLoop(o: RunOptions): Promise<RunSummary> {
   const events = new EventFile(outDir)
   const tensorboard = () => events.reset(metricsRecords(join(outDir, METRICS_FILE)))
   tensorboard()
+  // Every record carries its wall-clock time (Unix seconds), so that TensorBoard's time axis survives a rewrite.
   const log = (rec: Record<string, unknown>) => {
-    appendMetric(outDir, rec)
-    events.append(rec)
+    const timed = {...rec, time: Date.now() / 1000}
+    appendMetric(outDir, timed)
+    events.append(timed)
   }
 
   const summary: RunSummary = {
@@ -216,6 +218,7 @@ async function trainLoop(o: RunOptions): Promise<RunSummary> {
       metrics: {trainLoss: summary.trainLoss, valLoss: lastEval === pos.step ? summary.valLoss : undefined},
       backend: engine.backend,
       initFrom: o.init ? {checkpoint: o.init.dir, step: o.init.manifest.step} : o.resume?.manifest.initFrom,
+      keep: {last: o.keepLast, best: o.keepBest},
     })
     path = [...path.filter((c) => c.step < pos.step), {step: pos.step, dir}]
     if (o.keepLast || o.keepBest) {

@@ -92,9 +92,16 @@ const SCALARS: Record<string, [string, string][]> = {
   eval: [['val/loss', 'valLoss']],
 }
 
-/** The scalar events of one metrics record (NaN and Inf are kept: TensorBoard shows them as such). */
-export function recordEvents(rec: Record<string, unknown>, wallTime: number): Uint8Array[] {
+const timeOf = (rec: Record<string, unknown>, fallback: number) =>
+  typeof rec.time === 'number' && Number.isFinite(rec.time) ? rec.time : fallback
+
+/**
+ * The scalar events of one metrics record (NaN and Inf are kept: TensorBoard shows them as such), at the record's own
+ * `time` (metrics written before records carried one: `fallback`).
+ */
+export function recordEvents(rec: Record<string, unknown>, fallback: number): Uint8Array[] {
   const fields = SCALARS[String(rec.type)] ?? []
+  const wallTime = timeOf(rec, fallback)
   return fields
     .filter(([, f]) => typeof rec[f] === 'number' || rec[f] === null)
     .map(([tag, f]) =>
@@ -128,25 +135,24 @@ export class EventFile {
     for (const f of readdirSync(this.runDir))
       if (f.startsWith(EVENTS_PREFIX) && f.endsWith('.mhc')) rmSync(join(this.runDir, f), {force: true})
     this.path = undefined
-    const events = records.flatMap((r) => recordEvents(r, Date.now() / 1000))
-    if (events.length > 0) this.write(events)
+    const now = Date.now() / 1000
+    const events = records.flatMap((r) => recordEvents(r, now))
+    // The header takes the first record's time: the run started then, not at the rewrite.
+    if (events.length > 0) this.write(events, timeOf(records[0], now))
   }
 
   append(rec: Record<string, unknown>): void {
-    const events = recordEvents(rec, Date.now() / 1000)
+    const now = Date.now() / 1000
+    const events = recordEvents(rec, now)
     if (events.length === 0) return
     if (this.path) appendFileSync(this.path, concat(events))
-    else this.write(events)
+    else this.write(events, timeOf(rec, now))
   }
 
   /** A new file: the version record, then `events` (under a temp name, then renamed: never a file without its header). */
-  private write(events: Uint8Array[]): void {
-    const now = Date.now() / 1000
-    const path = join(this.runDir, `${EVENTS_PREFIX}${Math.floor(now)}.${hostname()}.mhc`)
-    writeFileSync(
-      `${path}.tmp`,
-      concat([encodeRecord(event({wallTime: now, fileVersion: 'brain.Event:2'})), ...events]),
-    )
+  private write(events: Uint8Array[], wallTime: number): void {
+    const path = join(this.runDir, `${EVENTS_PREFIX}${Math.floor(Date.now() / 1000)}.${hostname()}.mhc`)
+    writeFileSync(`${path}.tmp`, concat([encodeRecord(event({wallTime, fileVersion: 'brain.Event:2'})), ...events]))
     renameSync(`${path}.tmp`, path)
     this.path = path
   }

@@ -431,6 +431,17 @@ test('error: an invalid model config (dModel not divisible by heads) is rejected
   )
 })
 
+test('the retention record (keep) is read when valid and refused when not', () => {
+  const d = copyRef('keep')
+  const m = readManifest(d)
+  writeManifest(d, {...m, keep: {last: 3, best: true}})
+  assert.deepEqual(loadCheckpoint(d).manifest.keep, {last: 3, best: true})
+  for (const keep of [null, 3, {last: -1}, {last: 1.5}, {best: 'yes'}]) {
+    writeManifest(d, {...m, keep})
+    assertCheckpointError(() => loadCheckpoint(d), /keep: invalid checkpoint retention record "keep"/)
+  }
+})
+
 test('error: a valid file holding a NaN (with a matching checksum) is rejected as non-finite', () => {
   const d = copyRef('nan')
   const path = join(d, 'model.safetensors')

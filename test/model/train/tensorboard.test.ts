@@ -64,41 +64,44 @@ test("an Event's bytes are the protobuf TensorBoard expects (encoded here by han
   assert.deepEqual([...got], expected)
 })
 
-/** The scalars of a run's event files: tag → [[step, value]]. */
-function scalars(run: string): Record<string, [number, number][]> {
+type Points = Record<string, [step: number, value: number, wallTime: number][]>
+
+/** The scalars of a run's event files: tag → [[step, value, wall time]]; `header` is the version event's wall time. */
+function scalars(run: string): Points & {header?: any} {
   const files = readdirSync(run).filter((f) => f.startsWith(EVENTS_PREFIX))
   assert.equal(files.length, 1, `one event file: ${files}`)
-  const out: Record<string, [number, number][]> = {}
+  const out: Points = {}
   const records = decodeRecords(readFileSync(join(run, files[0])))
   const first = EventProto.toObject(EventProto.decode(records[0])) as any
   assert.equal(first.fileVersion, 'brain.Event:2')
   for (const r of records.slice(1)) {
     const e = EventProto.toObject(EventProto.decode(r), {longs: Number}) as any
-    for (const v of e.summary.value) (out[v.tag] ??= []).push([e.step, v.simpleValue])
+    for (const v of e.summary.value) (out[v.tag] ??= []).push([e.step, v.simpleValue, e.wallTime])
   }
 
-  return out
+  return Object.assign(out, {header: first.wallTime})
 }
 
-/** The same from metrics.jsonl, rounded to float32 as simple_value stores it. */
-function fromMetrics(run: string): Record<string, [number, number][]> {
-  const out: Record<string, [number, number][]> = {}
-  const add = (tag: string, step: number, v: number) => {
-    out[tag] ??= []
-    out[tag].push([step, Math.fround(v)])
-  }
-
-  for (const line of readFileSync(join(run, 'metrics.jsonl'), 'utf8').trim().split('\n')) {
+/** The same from metrics.jsonl: values rounded to float32 as simple_value stores them, wall times exact (double). */
+function fromMetrics(run: string): Points & {header?: any} {
+  const out: Points = {}
+  const lines = readFileSync(join(run, 'metrics.jsonl'), 'utf8').trim().split('\n')
+  for (const line of lines) {
     const r = JSON.parse(line)
+    const add = (tag: string, v: number) => {
+      out[tag] ??= []
+      out[tag].push([r.step, Math.fround(v), r.time])
+    }
+
     if (r.type === 'step') {
-      add('train/loss', r.step, r.loss)
-      add('train/grad_norm', r.step, r.gradNorm)
-      add('train/lr', r.step, r.lr)
-      add('train/tokens_per_sec', r.step, r.tokensPerSec)
-    } else if (r.type === 'eval') add('val/loss', r.step, r.valLoss)
+      add('train/loss', r.loss)
+      add('train/grad_norm', r.gradNorm)
+      add('train/lr', r.lr)
+      add('train/tokens_per_sec', r.tokensPerSec)
+    } else if (r.type === 'eval') add('val/loss', r.valLoss)
   }
 
-  return out
+  return Object.assign(out, {header: JSON.parse(lines[0]).time})
 }
 
 test('a run writes TensorBoard scalars equal to metrics.jsonl, and a resume that cuts it back rewrites them', async () => {
@@ -108,13 +111,12 @@ test('a run writes TensorBoard scalars equal to metrics.jsonl, and a resume that
   assert.equal(r.status, 0, showRun(r))
   const first = scalars(run)
   assert.deepEqual(first, fromMetrics(run))
-  assert.deepEqual(Object.keys(first).sort(), [
-    'train/grad_norm',
-    'train/loss',
-    'train/lr',
-    'train/tokens_per_sec',
-    'val/loss',
-  ])
+  assert.deepEqual(
+    Object.keys(first)
+      .filter((k) => k !== 'header')
+      .sort(),
+    ['train/grad_norm', 'train/loss', 'train/lr', 'train/tokens_per_sec', 'val/loss'],
+  )
   assert.equal(first['train/loss'].length, 8)
 
   // Resume step 4 elsewhere; then the run itself to 12 (its metrics.jsonl is rewritten from step 8 on).
@@ -134,7 +136,14 @@ test('a run writes TensorBoard scalars equal to metrics.jsonl, and a resume that
   r = await runCli(['train', '--resume', run, '--steps', '12', '--no-progress', '--backend', 'wasm'])
   assert.equal(r.status, 0, showRun(r))
   const after = scalars(run)
+  // Rewritten from metrics.jsonl, the kept steps keep the times they were first logged at (not the rewrite's time).
   assert.deepEqual(after, fromMetrics(run))
+  assert.deepEqual(
+    after['train/loss'].slice(0, 8).map((p) => p[2]),
+    first['train/loss'].map((p) => p[2]),
+  )
+  assert.equal(after.header, first.header)
+  assert.ok(after['train/loss'][8][2] > first['train/loss'][7][2], 'the resumed steps come later')
   assert.deepEqual(
     after['train/loss'].map(([s]) => s),
     Array.from({length: 12}, (_, i) => i + 1),
