@@ -232,6 +232,8 @@ export function readCheckpointDir(
     keep !== undefined &&
     (typeof keep !== 'object' ||
       keep === null ||
+      Array.isArray(keep) ||
+      Object.keys(keep).some((k) => k !== 'last' && k !== 'best') ||
       (keep.last !== undefined && !isInt(keep.last, 0)) ||
       (keep.best !== undefined && typeof keep.best !== 'boolean'))
   )

@@ -135,7 +135,8 @@ export class EventFile {
     for (const f of readdirSync(this.runDir))
       if (f.startsWith(EVENTS_PREFIX) && f.endsWith('.mhc')) rmSync(join(this.runDir, f), {force: true})
     this.path = undefined
-    const now = Date.now() / 1000
+    // Records from before metrics carried a time take the first timed one's (else now): the same on every rewrite.
+    const now = records.map((r) => timeOf(r, Number.NaN)).find(Number.isFinite) ?? Date.now() / 1000
     const events = records.flatMap((r) => recordEvents(r, now))
     // The header takes the first record's time: the run started then, not at the rewrite.
     if (events.length > 0) this.write(events, timeOf(records[0], now))

@@ -436,7 +436,7 @@ test('the retention record (keep) is read when valid and refused when not', () =
   const m = readManifest(d)
   writeManifest(d, {...m, keep: {last: 3, best: true}})
   assert.deepEqual(loadCheckpoint(d).manifest.keep, {last: 3, best: true})
-  for (const keep of [null, 3, {last: -1}, {last: 1.5}, {best: 'yes'}]) {
+  for (const keep of [null, 3, [], [1, 2], {lst: 3}, {last: -1}, {last: 1.5}, {best: 'yes'}]) {
     writeManifest(d, {...m, keep})
     assertCheckpointError(() => loadCheckpoint(d), /keep: invalid checkpoint retention record "keep"/)
   }

@@ -10,6 +10,7 @@ import {after, before, test} from 'node:test'
 import {
   decodeRecords,
   encodeRecord,
+  EventFile,
   EventProto,
   EVENTS_PREFIX,
   maskedCrc32c,
@@ -149,4 +150,17 @@ test('a run writes TensorBoard scalars equal to metrics.jsonl, and a resume that
     Array.from({length: 12}, (_, i) => i + 1),
   )
   assert.deepEqual(scalars(join(root, 'resumed')), fromMetrics(join(root, 'resumed')))
+})
+
+test('records from before metrics carried a time take the first timed record time, the same on every rewrite', () => {
+  const dir = mkdtempSync(join(root, 'old-'))
+  const old = [1, 2].map((step) => ({type: 'step', step, loss: 5, gradNorm: 1, lr: 0.1, tokensPerSec: 9}))
+  const timed = {type: 'step', step: 3, loss: 4, gradNorm: 1, lr: 0.1, tokensPerSec: 9, time: 1234.5}
+  const times = () => scalars(dir)['train/loss'].map((p) => p[2])
+  const events = new EventFile(dir)
+  events.reset([...old, timed])
+  assert.deepEqual(times(), [1234.5, 1234.5, 1234.5])
+  events.reset([...old, timed])
+  assert.deepEqual(times(), [1234.5, 1234.5, 1234.5])
+  assert.equal(scalars(dir).header, 1234.5)
 })
