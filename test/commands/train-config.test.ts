@@ -169,12 +169,16 @@ describe('checkpoints as users manage them', {concurrency: 2}, () => {
       '--json',
     ])
     assert.equal(r.status, 0, showRun(r))
+    // The run's evaluations and checkpoints, as they stand after each of the invocations below.
+    const evalsOf = () =>
+      readFileSync(join(out, 'metrics.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l))
+        .filter((e) => e.type === 'eval')
+    const ckpts = () => new Set(readdirSync(out).filter((f) => f.startsWith('ckpt-')))
     // The validation loss of every checkpoint saved, from metrics.jsonl (--keep-best evaluates at every save).
-    const evals = readFileSync(join(out, 'metrics.jsonl'), 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l))
-      .filter((e) => e.type === 'eval')
+    const evals = evalsOf()
     const saved = [2, 4, 6, 8, 10, 12, 14, 16]
     for (const step of saved)
       assert.ok(
@@ -186,7 +190,7 @@ describe('checkpoints as users manage them', {concurrency: 2}, () => {
     )
     const name = (s: number) => `ckpt-${String(s).padStart(6, '0')}`
     const expected = new Set([name(14), name(16), name(best)])
-    assert.deepEqual(new Set(readdirSync(out).filter((f) => f.startsWith('ckpt-'))), expected)
+    assert.deepEqual(ckpts(), expected)
     assert.equal(readFileSync(join(out, 'best'), 'utf8').trim(), name(best))
     assert.equal(readFileSync(join(out, 'latest'), 'utf8').trim(), name(16))
     // RUN/best is a checkpoint path every command takes.
@@ -198,17 +202,10 @@ describe('checkpoints as users manage them', {concurrency: 2}, () => {
     // A resume goes on with the run's retention (from the manifest) without being told again ...
     const resumed = await runCli(['train', '--resume', out, '--steps', '20', '--no-progress', '--backend', 'wasm'])
     assert.equal(resumed.status, 0, showRun(resumed))
-    const allEvals = readFileSync(join(out, 'metrics.jsonl'), 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l))
-      .filter((x) => x.type === 'eval')
+    const allEvals = evalsOf()
     const valAt = (s: number) => allEvals.find((x) => x.step === s).valLoss
     const best2 = [best, 18, 20].reduce((a, b) => (valAt(b) < valAt(a) ? b : a))
-    assert.deepEqual(
-      new Set(readdirSync(out).filter((f) => f.startsWith('ckpt-'))),
-      new Set([name(18), name(20), name(best2)]),
-    )
+    assert.deepEqual(ckpts(), new Set([name(18), name(20), name(best2)]))
     assert.equal(readFileSync(join(out, 'best'), 'utf8').trim(), name(best2))
     // ... and flags turn it off: --keep-last 0 keeps every checkpoint, --no-keep-best stops recording it.
     const off = await runCli([
@@ -225,10 +222,7 @@ describe('checkpoints as users manage them', {concurrency: 2}, () => {
       'wasm',
     ])
     assert.equal(off.status, 0, showRun(off))
-    assert.deepEqual(
-      new Set(readdirSync(out).filter((f) => f.startsWith('ckpt-'))),
-      new Set([name(18), name(20), name(22), name(24), name(best2)]),
-    )
+    assert.deepEqual(ckpts(), new Set([name(18), name(20), name(22), name(24), name(best2)]))
     assert.equal(readCheckpointDir(join(out, name(24))).manifest.keep, undefined)
   })
 
