@@ -183,6 +183,13 @@ export const isStep = (v: unknown): v is number => isInt(v, 0)
 export const isRngState = (v: unknown): v is number => isInt(v, 0, 0xff_ff_ff_ff)
 export const isDataInfo = (d: any): d is DataInfo =>
   typeof d?.source === 'string' && /^[0-9a-f]{64}$/.test(String(d.sha256)) && isInt(d.bytes, 0)
+const isKeep = (k: any): k is Keep =>
+  typeof k === 'object' &&
+  k !== null &&
+  !Array.isArray(k) &&
+  Object.keys(k).every((f) => f === 'last' || f === 'best') &&
+  (k.last === undefined || isInt(k.last, 0)) &&
+  (k.best === undefined || typeof k.best === 'boolean')
 
 /** Checks a model config read from disk, so a hand-edited manifest fails here and not deep inside an engine. */
 export function validateModelConfig(m: any, where: string): ModelConfig {
@@ -227,16 +234,7 @@ export function readCheckpointDir(
   const train = validateTrainConfig(manifest.train, where)
   if (!isDataInfo(manifest.data)) throw new CheckpointError(`${where}: invalid corpus record (source, sha256, bytes)`)
   if (!isRngState(manifest.rng?.data)) throw new CheckpointError(`${where}: invalid data RNG state`)
-  const {keep} = manifest
-  if (
-    keep !== undefined &&
-    (typeof keep !== 'object' ||
-      keep === null ||
-      Array.isArray(keep) ||
-      Object.keys(keep).some((k) => k !== 'last' && k !== 'best') ||
-      (keep.last !== undefined && !isInt(keep.last, 0)) ||
-      (keep.best !== undefined && typeof keep.best !== 'boolean'))
-  )
+  if (manifest.keep !== undefined && !isKeep(manifest.keep))
     throw new CheckpointError(`${where}: invalid checkpoint retention record "keep" (last: integer ≥ 0, best: boolean)`)
 
   const specs = paramSpecs(model)
